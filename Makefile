@@ -1,0 +1,53 @@
+# The two commands a newcomer runs on a fresh machine; each installs what it needs first:
+#
+#   make demo   the main job (for now: build everything and print what is available here)
+#   make test   the test suite
+#
+# Other targets: install, bench (GPU), cmake-build, device-wheels, clean.
+# Variables: PYTHON (the interpreter that makes the venv), VENV, TORCH_VERSION.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.14.1
+CUTLASS_VERSION ?= 4.2.0.0
+PY := $(VENV)/bin/python
+CSRC := $(shell find csrc -name '*.cu' -o -name '*.cpp' -o -name '*.h' -o -name '*.cuh') csrc/sources.txt
+
+.PHONY: install demo test bench cmake-build device-wheels clean
+
+# Third-party packages: torch (a CUDA build; it also runs on CPU-only machines), the test tools,
+# and the CUTLASS headers (nvidia-cutlass without its runtime dependencies, which we do not use).
+$(VENV)/.deps: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps "nvidia-cutlass==$(CUTLASS_VERSION)"
+	touch $@
+
+# This package, editable, built against the torch above (hence --no-build-isolation). Rebuilt when
+# the C++/CUDA sources or the build files change; Python edits need no rebuild.
+$(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(CSRC)
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
+	touch $@
+
+install: $(VENV)/.built
+
+demo: install
+	$(PY) -m star_elastic_kernels.info
+
+test: install
+	$(PY) -m pytest tests -q
+
+bench: install
+	$(PY) -m pytest bench --benchmark-only
+
+# The standalone CMake build of the same extension (for C++ consumers), into build/.
+cmake-build: install
+	cmake -B build -G Ninja -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+	cmake --build build -j 2
+
+# Wheels the GPU machine lacks, carried there in .wheels/ for bench/device_check.sh.
+device-wheels: $(VENV)/.deps
+	$(PY) -m pip download --quiet --no-deps -d .wheels "nvidia-cutlass==$(CUTLASS_VERSION)"
+
+clean:
+	rm -rf build star_elastic_kernels/_C*.so star_elastic_kernels/_build_status.json

@@ -1,0 +1,158 @@
+// FP8 E4M3 quantize / dequantize kernels (see fp8_quant.h for the contract).
+#include "quant/fp8_quant.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+namespace star_elastic::quant {
+namespace {
+
+constexpr float kE4M3Max = 448.0f;
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ float load_as_float(const void* base, FloatType type, int64_t offset) {
+  switch (type) {
+    case FloatType::kFloat16:
+      return __half2float(static_cast<const __half*>(base)[offset]);
+    case FloatType::kBFloat16:
+      return __bfloat162float(static_cast<const __nv_bfloat16*>(base)[offset]);
+    default:
+      return static_cast<const float*>(base)[offset];
+  }
+}
+
+__device__ __forceinline__ void store_from_float(void* base, FloatType type, int64_t offset,
+                                                 float value) {
+  switch (type) {
+    case FloatType::kFloat16:
+      static_cast<__half*>(base)[offset] = __float2half_rn(value);
+      break;
+    case FloatType::kBFloat16:
+      static_cast<__nv_bfloat16*>(base)[offset] = __float2bfloat16_rn(value);
+      break;
+    default:
+      static_cast<float*>(base)[offset] = value;
+  }
+}
+
+// Block-wide max of non-negative floats; the result is valid in thread 0.
+__device__ float block_max(float value) {
+  __shared__ float warp_max[kThreads / 32];
+  for (int offset = 16; offset > 0; offset /= 2)
+    value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  if (lane == 0) warp_max[warp] = value;
+  __syncthreads();
+  value = threadIdx.x < kThreads / 32 ? warp_max[threadIdx.x] : 0.0f;
+  if (warp == 0)
+    for (int offset = 16; offset > 0; offset /= 2)
+      value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+  return value;
+}
+
+__device__ __forceinline__ float scale_from_amax(float amax) {
+  // An all-zero row quantizes to zeros under any scale; 1 keeps the scale finite and invertible.
+  return amax > 0.0f ? __fdiv_rn(amax, kE4M3Max) : 1.0f;
+}
+
+// One block per row: scales[row] = amax(row) / 448.
+__global__ void row_scales_kernel(StridedMatrix x, float* scales) {
+  const int64_t row = blockIdx.x;
+  float amax = 0.0f;
+  for (int64_t c = threadIdx.x; c < x.cols; c += blockDim.x)
+    amax = fmaxf(amax, fabsf(load_as_float(x.data, x.type, row * x.row_stride + c * x.col_stride)));
+  amax = block_max(amax);
+  if (threadIdx.x == 0) scales[row] = scale_from_amax(amax);
+}
+
+// Grid-stride amax over the whole matrix into *amax_bits (non-negative floats order like their bits).
+__global__ void tensor_amax_kernel(StridedMatrix x, unsigned int* amax_bits) {
+  const int64_t total = x.rows * x.cols;
+  float amax = 0.0f;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / x.cols, c = i % x.cols;
+    amax = fmaxf(amax, fabsf(load_as_float(x.data, x.type, r * x.row_stride + c * x.col_stride)));
+  }
+  amax = block_max(amax);
+  if (threadIdx.x == 0) atomicMax(amax_bits, __float_as_uint(amax));
+}
+
+__global__ void amax_to_scale_kernel(float* scale) {
+  scale[0] = scale_from_amax(scale[0]);
+}
+
+__global__ void quantize_kernel(StridedMatrix x, const float* scales, int64_t scale_stride,
+                                uint8_t* out) {
+  const int64_t total = x.rows * x.cols;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / x.cols, c = i % x.cols;
+    const float v = load_as_float(x.data, x.type, r * x.row_stride + c * x.col_stride);
+    // IEEE division (not x * (1/s)) so every backend rounds identically.
+    const float scaled = __fdiv_rn(v, scales[r * scale_stride]);
+    out[i] = __nv_cvt_float_to_fp8(scaled, __NV_SATFINITE, __NV_E4M3);
+  }
+}
+
+__global__ void dequantize_kernel(const uint8_t* q, int64_t rows, int64_t cols, int64_t row_stride,
+                                  int64_t col_stride, const float* scales, int64_t scale_stride,
+                                  void* out, FloatType out_type) {
+  const int64_t total = rows * cols;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / cols, c = i % cols;
+    const __half_raw h = __nv_cvt_fp8_to_halfraw(q[r * row_stride + c * col_stride], __NV_E4M3);
+    const float v = __half2float(__half(h));
+    store_from_float(out, out_type, i, __fmul_rn(v, scales[r * scale_stride]));
+  }
+}
+
+unsigned int elementwise_blocks(int64_t total) {
+  const int64_t wanted = (total + kThreads - 1) / kThreads;
+  // Enough blocks to fill any current GPU; the grid-stride loops cover the rest.
+  return static_cast<unsigned int>(wanted < 65536 ? (wanted > 0 ? wanted : 1) : 65536);
+}
+
+}  // namespace
+
+cudaError_t fp8_compute_scales(const StridedMatrix& x, bool per_row, float* scales,
+                               cudaStream_t stream) {
+  if (per_row) {
+    if (x.rows == 0) return cudaSuccess;
+    row_scales_kernel<<<static_cast<unsigned int>(x.rows), kThreads, 0, stream>>>(x, scales);
+    return cudaGetLastError();
+  }
+  cudaError_t err = cudaMemsetAsync(scales, 0, sizeof(float), stream);
+  if (err != cudaSuccess) return err;
+  if (x.rows * x.cols > 0) {
+    tensor_amax_kernel<<<elementwise_blocks(x.rows * x.cols), kThreads, 0, stream>>>(
+        x, reinterpret_cast<unsigned int*>(scales));
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  amax_to_scale_kernel<<<1, 1, 0, stream>>>(scales);
+  return cudaGetLastError();
+}
+
+cudaError_t fp8_quantize(const StridedMatrix& x, const float* scales, int64_t scale_stride,
+                         uint8_t* out, cudaStream_t stream) {
+  const int64_t total = x.rows * x.cols;
+  if (total == 0) return cudaSuccess;
+  quantize_kernel<<<elementwise_blocks(total), kThreads, 0, stream>>>(x, scales, scale_stride, out);
+  return cudaGetLastError();
+}
+
+cudaError_t fp8_dequantize(const uint8_t* q, int64_t rows, int64_t cols, int64_t row_stride,
+                           int64_t col_stride, const float* scales, int64_t scale_stride,
+                           void* out, FloatType out_type, cudaStream_t stream) {
+  const int64_t total = rows * cols;
+  if (total == 0) return cudaSuccess;
+  dequantize_kernel<<<elementwise_blocks(total), kThreads, 0, stream>>>(
+      q, rows, cols, row_stride, col_stride, scales, scale_stride, out, out_type);
+  return cudaGetLastError();
+}
+
+}  // namespace star_elastic::quant
