@@ -1,0 +1,255 @@
+"""The budget router: which width every elastic axis takes for each target budget, learned end to end.
+
+One small network per elastic axis (paper §5): the one-hot of the target budget goes through
+``Linear(n_budgets, 256) -> LeakyReLU -> Linear(256, n_choices)`` (``n_choices`` per layer of the
+axis's kind in heterogeneous mode; the hidden size is always global). Choices are sampled with
+Gumbel-softmax at a temperature annealed 1.0 -> 0.05, on logits multiplied by a scale rising
+1.0 -> 10.0. A choice becomes a prefix mask over the parent's width, integrated in one of two modes:
+
+* ``"hard"``: the argmax prefix mask, multiplied by ``pi_a / stop_grad(pi_a)`` — the mask scaled by
+  the chosen option's (Gumbel-softmax) weight, normalised so the forward value is exactly the hard
+  mask while gradients reach the router (the paper scales by the chosen logit; normalising keeps
+  the forward function that of the submodel);
+* ``"soft"``: the probability-weighted sum of all prefix masks, ``sum_i pi_i * mask_i``.
+
+The resource cost of a decision is differentiable: the parameter count (total or active) of the
+chosen widths, with the gradient of the expected widths ``sum_i pi_i * width_i`` (straight-through),
+through the same formula as :func:`parameter_count`. The
+router loss is ``lambda * |cost - target| / target``. After training, :meth:`ElasticRouter.budget`
+(argmax, no noise) gives each budget's architecture, stored in checkpoints as a named ``Budget``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .budget import _AXES, _GRANULAR, Budget, LayerBudget, LayerWidths, _parent_widths
+from .config import ElasticConfig
+from .params import layer_parameter_count
+
+DEFAULT_FRACTIONS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
+MODES = ("hard", "soft")
+
+
+def width_choices(parent: int, granularity: int, fractions: Sequence[float] = DEFAULT_FRACTIONS,
+                  minimum: int = 1) -> tuple[int, ...]:
+    """Candidate widths, largest first: ``fraction * parent`` rounded down to ``granularity``,
+    kept if at least ``minimum``; the parent's width is always a candidate."""
+    widths = {parent}
+    for fraction in fractions:
+        width = int(parent * fraction) // granularity * granularity
+        if width >= max(minimum, 1):
+            widths.add(width)
+    return tuple(sorted(widths, reverse=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class Axis:
+    """One elastic axis: its Budget field name, the layers it spans (None = global) and its
+    candidate widths (largest first)."""
+
+    name: str
+    layers: tuple[int, ...] | None
+    parent: int
+    choices: tuple[int, ...]
+
+    @property
+    def segments(self) -> int:
+        return 1 if self.layers is None else len(self.layers)
+
+
+def elastic_axes(config: ElasticConfig, *, heterogeneous: bool = False,
+                 fractions: Sequence[float] = DEFAULT_FRACTIONS) -> list[Axis]:
+    """Every axis of ``config`` with more than one candidate width."""
+    axes = []
+    hidden = width_choices(config.hidden_size, config.width_granularity, fractions)
+    if len(hidden) > 1:
+        axes.append(Axis("hidden_size", None, config.hidden_size, hidden))
+    for name, kind in _AXES.items():
+        layers = tuple(i for i in range(config.num_layers) if config.layer(i).kind == kind)
+        if not layers:
+            continue
+        parent = _parent_widths(config, config.layer(layers[0]))[name]
+        if name in ("mamba_heads_per_group", "attention_heads_per_group"):
+            choices = tuple(range(parent, 0, -1))
+        elif parent == 0:
+            continue
+        else:
+            granularity = config.width_granularity if name in _GRANULAR else 1
+            minimum = config.moe_top_k if name == "moe_experts" else 1
+            choices = width_choices(parent, granularity, fractions, minimum)
+        if len(choices) > 1:
+            axes.append(Axis(name, layers if heterogeneous else None, parent, choices))
+    return axes
+
+
+class AxisRouter(nn.Module):
+    """one-hot(budget) -> Linear(n_budgets, hidden) -> LeakyReLU -> Linear(hidden, segments*choices)."""
+
+    def __init__(self, axis: Axis, num_budgets: int, hidden: int = 256):
+        super().__init__()
+        self.axis = axis
+        self.net = nn.Sequential(nn.Linear(num_budgets, hidden), nn.LeakyReLU(),
+                                 nn.Linear(hidden, axis.segments * len(axis.choices)))
+        # Start every budget at the full width so training begins from the parent's function.
+        with torch.no_grad():
+            self.net[2].bias.view(axis.segments, -1)[:, 0] += 2.0
+
+    def forward(self, one_hot: torch.Tensor) -> torch.Tensor:
+        """(num_budgets,) -> logits (segments, choices)."""
+        return self.net(one_hot).view(self.axis.segments, len(self.axis.choices))
+
+
+@dataclasses.dataclass
+class Decision:
+    """One sampled architecture: per axis, the choice probabilities (segments, choices) and the
+    argmax indices (segments,)."""
+
+    axes: list[Axis]
+    probs: dict[str, torch.Tensor]
+    picks: dict[str, torch.Tensor]
+
+    def widths(self, axis: Axis) -> list[int]:
+        return [axis.choices[int(i)] for i in self.picks[axis.name]]
+
+    def budget(self, config: ElasticConfig) -> Budget:
+        """The hard architecture as a ``Budget`` (per-layer overrides for heterogeneous axes)."""
+        global_fields, per_layer = {}, [dict() for _ in range(config.num_layers)]
+        for axis in self.axes:
+            widths = self.widths(axis)
+            if axis.layers is None:
+                global_fields[axis.name] = widths[0]
+            else:
+                for layer, width in zip(axis.layers, widths):
+                    per_layer[layer][axis.name] = width
+        layers = None
+        if any(per_layer):
+            layers = tuple(LayerBudget(**fields) if fields else None for fields in per_layer)
+        return Budget(layers=layers, **global_fields)
+
+    def expected_widths(self, axis: Axis) -> torch.Tensor:
+        """(segments,) widths for the cost: the chosen widths in value, with the gradient of the
+        expected width ``sum_i pi_i * width_i`` (straight-through), so the cost the router is
+        trained on is the cost of the architecture it actually picks."""
+        probs = self.probs[axis.name]
+        choices = torch.tensor(axis.choices, dtype=probs.dtype, device=probs.device)
+        soft = probs @ choices
+        return choices[self.picks[axis.name]] + (soft - soft.detach())
+
+    def masks(self, axis: Axis, mode: str) -> torch.Tensor:
+        """(segments, parent) masks over the axis's parent width, integrated as ``mode``."""
+        probs = self.probs[axis.name]
+        positions = torch.arange(axis.parent, device=probs.device)
+        prefix = (positions[None, :] < torch.tensor(axis.choices, device=probs.device)[:, None])
+        prefix = prefix.to(probs.dtype)  # (choices, parent)
+        if mode == "soft":
+            return probs @ prefix
+        if mode != "hard":
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        picked = probs.gather(1, self.picks[axis.name][:, None])  # (segments, 1)
+        return prefix[self.picks[axis.name]] * (picked / picked.detach())
+
+
+class ElasticRouter(nn.Module):
+    """Per-axis routers for ``budget_names`` over the elastic axes of ``config``.
+
+    Args:
+        config: the parent's config.
+        budget_names: the named budgets (e.g. ``("full", "70%", "45%")``), index = one-hot position.
+        targets: the target cost of each budget, as a fraction of the parent's cost.
+        cost: ``"active"`` or ``"total"`` parameters.
+        heterogeneous: one choice per layer for the per-layer axes (hidden size stays global).
+        fractions: candidate width fractions of every axis (heads: every count).
+        hidden: router hidden size (256 in the paper).
+    """
+
+    def __init__(self, config: ElasticConfig, budget_names: Sequence[str], targets: Sequence[float],
+                 *, cost: str = "active", heterogeneous: bool = False,
+                 fractions: Sequence[float] = DEFAULT_FRACTIONS, hidden: int = 256):
+        super().__init__()
+        if len(budget_names) != len(targets) or not budget_names:
+            raise ValueError("budget_names and targets must be non-empty and of equal length")
+        if not all(0 < t <= 1 for t in targets):
+            raise ValueError(f"targets are fractions of the parent's cost in (0, 1], got {targets}")
+        if cost not in ("active", "total"):
+            raise ValueError(f"cost must be 'active' or 'total', got {cost!r}")
+        self.config, self.budget_names, self.targets = config, tuple(budget_names), tuple(targets)
+        self.cost_kind = cost
+        self.axes = elastic_axes(config, heterogeneous=heterogeneous, fractions=fractions)
+        self.routers = nn.ModuleDict({a.name: AxisRouter(a, len(budget_names), hidden)
+                                      for a in self.axes})
+        self.register_buffer("parent_cost", torch.tensor(float(self._cost_of(None))),
+                             persistent=False)
+
+    def index(self, budget: str | int) -> int:
+        if isinstance(budget, int):
+            return budget
+        if budget not in self.budget_names:
+            raise KeyError(f"unknown budget {budget!r}; known: {', '.join(self.budget_names)}")
+        return self.budget_names.index(budget)
+
+    def logits(self, budget: str | int) -> dict[str, torch.Tensor]:
+        one_hot = F.one_hot(torch.tensor(self.index(budget)), len(self.budget_names)).float()
+        one_hot = one_hot.to(next(self.parameters()).device)
+        return {name: router(one_hot) for name, router in self.routers.items()}
+
+    def sample(self, budget: str | int, *, tau: float = 1.0, scale: float = 1.0,
+               generator: torch.Generator | None = None) -> Decision:
+        """Gumbel-softmax sample of every axis for ``budget`` at temperature ``tau``."""
+        probs, picks = {}, {}
+        for name, logits in self.logits(budget).items():
+            uniform = torch.rand(logits.shape, generator=generator).clamp(1e-9, 1 - 1e-9)
+            gumbel = -torch.log(-torch.log(uniform)).to(logits.device)
+            probs[name] = torch.softmax((logits * scale + gumbel) / tau, dim=-1)
+            picks[name] = probs[name].argmax(dim=-1)
+        return Decision(self.axes, probs, picks)
+
+    def decide(self, budget: str | int) -> Decision:
+        """The deterministic architecture of ``budget``: argmax of the logits, no noise."""
+        probs, picks = {}, {}
+        for name, logits in self.logits(budget).items():
+            probs[name] = torch.softmax(logits, dim=-1)
+            picks[name] = logits.argmax(dim=-1)
+        return Decision(self.axes, probs, picks)
+
+    def budget(self, budget: str | int) -> Budget:
+        """The trained architecture of ``budget`` as a ``Budget``."""
+        return self.decide(budget).budget(self.config)
+
+    def expected_cost(self, decision: Decision) -> torch.Tensor:
+        """Differentiable parameter count of the expected widths of ``decision``."""
+        return self._cost_of(decision)
+
+    def loss(self, decision: Decision, budget: str | int) -> torch.Tensor:
+        """``|cost - target| / target`` with cost and target as fractions of the parent's cost."""
+        target = self.targets[self.index(budget)]
+        fraction = self.expected_cost(decision) / self.parent_cost
+        return (fraction - target).abs() / target
+
+    def _cost_of(self, decision: Decision | None):
+        config = self.config
+        expected = {}
+        if decision is not None:
+            for axis in self.axes:
+                widths = decision.expected_widths(axis)
+                for segment, layer in enumerate(axis.layers or [None]):
+                    expected[(axis.name, layer)] = widths[segment]
+
+        def width(name: str, layer: int | None, parent):
+            return expected.get((name, layer), expected.get((name, None), parent))
+
+        hidden = width("hidden_size", None, config.hidden_size)
+        total = active = 2 * config.vocab_size * hidden + hidden
+        for index in range(config.num_layers):
+            spec = config.layer(index)
+            parent = _parent_widths(config, spec)
+            fields = {name: width(name, index, parent[name]) for name in parent}
+            layer_total, layer_active = layer_parameter_count(
+                config, LayerWidths(kind=spec.kind, **fields), hidden)
+            total, active = total + layer_total, active + layer_active
+        return active if self.cost_kind == "active" else total
