@@ -57,3 +57,20 @@ def test_schedules():
     assert schedules.linear(5, 11, 1.0, 10.0) == pytest.approx(5.5)
     assert schedules.linear(50, 11, 1.0, 10.0) == pytest.approx(10.0)
     assert math.isclose(schedules.linear(3, 1, 1.0, 2.0), 2.0)
+
+
+def test_per_sample_losses_are_per_sequence_means():
+    g = torch.Generator().manual_seed(1)
+    student, teacher = torch.randn(3, 4, 6, generator=g), torch.randn(3, 4, 6, generator=g)
+    tokens = torch.randint(0, 6, (3, 4), generator=g)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    kd = losses.kd_loss_per_sample(student, teacher, temperature=2.0, mask=mask)
+    ce = losses.next_token_ce_per_sample(student, tokens, mask)
+    for i in range(3):
+        n = int(mask[i].sum())
+        assert torch.allclose(kd[i], losses.kd_loss(student[i:i + 1, :n], teacher[i:i + 1, :n],
+                                                    temperature=2.0), atol=1e-6)
+        if n > 1:
+            assert torch.allclose(ce[i], losses.next_token_ce(student[i:i + 1, :n], tokens[i:i + 1, :n]),
+                                  atol=1e-6)
+    assert ce[2] == 0  # no counted target

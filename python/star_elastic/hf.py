@@ -1,0 +1,65 @@
+"""Interop with transformers' ``nemotron_h`` (``NemotronHForCausalLM``).
+
+Our parameter names are transformers' without the ``model.`` prefix of the backbone, so a state
+dict converts by renaming keys; shapes and layouts are identical.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .config import ElasticConfig
+from .model import ElasticModel
+
+__all__ = ["from_hf", "to_hf", "hf_state_dict"]
+
+
+def _to_ours(name: str) -> str:
+    return name[len("model.") :] if name.startswith("model.") else name
+
+
+def _to_hf(name: str) -> str:
+    return name if name.startswith("lm_head.") else "model." + name
+
+
+def from_hf(model_or_path) -> ElasticModel:
+    """An ``ElasticModel`` with the weights of a ``NemotronHForCausalLM`` or of a local checkpoint dir.
+
+    Paths must be local directories (the hub is never contacted). The result is a copy: later
+    in-place changes (``permute_``) do not touch the transformers model. Keeps every tensor's dtype.
+    """
+    if isinstance(model_or_path, (str, os.PathLike)):
+        from transformers import NemotronHForCausalLM
+
+        if not os.path.isdir(model_or_path):
+            raise ValueError(f"{model_or_path!r} is not a local checkpoint directory")
+        model_or_path = NemotronHForCausalLM.from_pretrained(model_or_path, local_files_only=True)
+    hf_model = model_or_path
+    config = ElasticConfig.from_hf(hf_model.config)
+    with torch.device("meta"):
+        model = ElasticModel(config)
+    state = {_to_ours(name): tensor.detach().clone() for name, tensor in hf_model.state_dict().items()}
+    unexpected = set(state) - set(model.state_dict())
+    if unexpected:
+        raise ValueError(f"checkpoint has weights this model does not: {sorted(unexpected)[:5]}")
+    # assign=True keeps each tensor's dtype, e.g. transformers' fp32 router next to bf16 experts.
+    model.load_state_dict(state, strict=True, assign=True)
+    return model
+
+
+def hf_state_dict(model: ElasticModel) -> dict[str, torch.Tensor]:
+    """``model``'s state dict under transformers' names."""
+    return {_to_hf(name): tensor for name, tensor in model.state_dict().items()}
+
+
+def to_hf(model: ElasticModel):
+    """An equal ``NemotronHForCausalLM`` (copies the weights). Needs uniform per-layer widths."""
+    from transformers import NemotronHForCausalLM
+
+    hf_config = model.config.to_hf()
+    hf_model = NemotronHForCausalLM(hf_config)
+    state = {name: tensor.detach().clone() for name, tensor in hf_state_dict(model).items()}
+    hf_model.load_state_dict(state, strict=True, assign=True)  # keeps our dtypes
+    return hf_model.eval()

@@ -1,0 +1,342 @@
+"""The elastic hybrid model: embedding, pre-norm residual blocks, final norm, LM head.
+
+Convention (DESIGN §3): activations are compact — a tensor of the active width — while every weight
+keeps the parent layout and is read through slicing views (``w[:r, :d]``), never copied into a new
+parameter. RMSNorms normalise over the active width, so running the parent at a budget computes
+exactly what the physically sliced model computes. Parameter names match transformers'
+``NemotronHForCausalLM`` (minus its ``model.`` prefix) so checkpoints map one to one.
+
+Every forward takes the layer's resolved ``LayerWidths`` and two optional hooks threaded through
+unchanged: ``cache`` (decoding state, issue 8) and ``observer``, a callable
+``observer(layer_index, site, tensor)`` the importance estimator uses to see activations. Sites:
+``"norm"`` block pre-norm output (b, l, d); ``"mamba_x"`` x branch of in_proj (b, l, G*k, p);
+``"attention_heads"`` per-head attention output, the o_proj input (b, l, Hkv*q, head_dim);
+``"mlp_neurons"`` ReLU² activations, the down_proj input (b, l, f); ``"moe_tokens"`` the MoE input (T, d).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from star_elastic_kernels.reference.moe import moe_ffn, moe_route, relu2
+from star_elastic_kernels.reference.ssm import causal_conv1d, gated_rmsnorm, ssd_scan
+
+from .budget import Budget, LayerWidths, ResolvedBudget
+from .config import ElasticConfig, LayerSpec
+
+__all__ = ["ElasticModel", "ElasticRMSNorm", "MambaMixer", "AttentionMixer", "MLPMixer", "MoEMixer", "Block",
+           "GatedGroupRMSNorm"]
+
+
+def _observe(observer, layer_index, site, tensor):
+    if observer is not None:
+        observer(layer_index, site, tensor)
+
+
+def _linear(x: torch.Tensor, weight_view: torch.Tensor) -> torch.Tensor:
+    """``x (..., d) @ W^T`` for a weight view ``(*out, d)`` whose output dims flatten to the compact width.
+
+    The reshape of a strided view may gather here; registered kernels read the view in place.
+    """
+    return F.linear(x, weight_view.reshape(-1, weight_view.shape[-1]))
+
+
+def _linear_in(x: torch.Tensor, weight_view: torch.Tensor) -> torch.Tensor:
+    """``x (..., c) @ W^T`` for a weight view ``(d, *in)`` whose input dims flatten to the compact width c."""
+    return F.linear(x, weight_view.reshape(weight_view.shape[0], -1))
+
+
+class ElasticRMSNorm(nn.Module):
+    """RMSNorm with a parent-size weight (D,) applied to compact activations (..., d), d <= D.
+
+    The mean of squares runs over the d active channels only, so it equals the sliced model's norm.
+    Computed in fp32, returned in the input dtype (as Nemotron-H).
+    """
+
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = x.shape[-1]
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (self.weight[:d].float() * xf).to(x.dtype)
+
+
+class GatedGroupRMSNorm(nn.Module):
+    """Mamba-2's gated RMSNorm over G groups: ``rmsnorm_groups(y * silu(z)) * weight``, weight (H*P,).
+
+    At a budget the G groups stay and each shrinks to its k active heads of p channels.
+    """
+
+    def __init__(self, inner: int, num_heads: int, num_groups: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(inner))
+        self.num_heads, self.group_size, self.eps = num_heads, inner // num_groups, eps
+
+    def forward(self, y, z, heads_per_group: int, head_dim: int):
+        """y, z (..., G*k*p) -> (..., G*k*p)."""
+        return gated_rmsnorm(y, z, self.weight, eps=self.eps, group_size=self.group_size,
+                             heads_per_group=heads_per_group, head_dim=head_dim, num_heads=self.num_heads)
+
+
+class MambaMixer(nn.Module):
+    """Mamba-2 mixer (Nemotron-H layout), group-aware elastic.
+
+    Parent parameters: ``in_proj.weight`` (2*I + 2*G*N + H, D) with rows [z: I | x: I | B: G*N |
+    C: G*N | dt: H] (I = H*P, head h at rows h*P..h*P+P-1, group-major heads); ``conv1d.weight``
+    (I + 2*G*N, 1, w) over [x | B | C]; ``dt_bias``, ``A_log``, ``D`` (H,); gated ``norm.weight`` (I,)
+    in G groups; ``out_proj.weight`` (D, I). A budget keeps the first k heads of every group and the
+    first p channels of every head; B, C and N stay whole.
+    """
+
+    def __init__(self, config: ElasticConfig, spec: LayerSpec):
+        super().__init__()
+        self.num_heads, self.head_dim = spec.mamba_num_heads, spec.mamba_head_dim
+        self.num_groups, self.state_size = config.mamba_num_groups, config.mamba_state_size
+        self.chunk_size, self.dt_limit = config.mamba_chunk_size, config.mamba_dt_limit
+        inner = self.num_heads * self.head_dim
+        conv_dim = inner + 2 * self.num_groups * self.state_size
+        self.in_proj = nn.Linear(config.hidden_size, inner + conv_dim + self.num_heads, bias=False)
+        self.conv1d = nn.Conv1d(conv_dim, conv_dim, config.mamba_conv_kernel, groups=conv_dim,
+                                bias=config.mamba_conv_bias, padding=config.mamba_conv_kernel - 1)
+        self.dt_bias = nn.Parameter(torch.ones(self.num_heads))
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, self.num_heads + 1, dtype=torch.float32)))
+        self.D = nn.Parameter(torch.ones(self.num_heads))
+        self.norm = GatedGroupRMSNorm(inner, self.num_heads, self.num_groups, config.norm_eps)
+        self.out_proj = nn.Linear(inner, config.hidden_size, bias=False)
+
+    def forward(self, x, widths: LayerWidths, layer_index: int, cache=None, observer=None):
+        """x (b, l, d) -> (b, l, d)."""
+        b, l, d = x.shape
+        H, P, G, N = self.num_heads, self.head_dim, self.num_groups, self.state_size
+        k, p = widths.mamba_heads_per_group, widths.mamba_head_dim
+        inner, heads_per_group = H * P, H // G
+        rows = self.in_proj.weight
+        z = _linear(x, rows[:inner].view(G, heads_per_group, P, -1)[:, :k, :p, :d])  # (b, l, G*k*p)
+        xs = _linear(x, rows[inner : 2 * inner].view(G, heads_per_group, P, -1)[:, :k, :p, :d])
+        bc = _linear(x, rows[2 * inner : 2 * inner + 2 * G * N, :d])  # (b, l, 2*G*N): B and C whole
+        dt = _linear(x, rows[2 * inner + 2 * G * N :].view(G, heads_per_group, -1)[:, :k, :d])  # (b, l, G*k)
+        _observe(observer, layer_index, "mamba_x", xs.view(b, l, G * k, p))
+
+        xbc = causal_conv1d(torch.cat([xs, bc], dim=-1), self.conv1d.weight[:, 0], self.conv1d.bias,
+                            activation="silu", num_heads=H, num_groups=G, heads_per_group=k, head_dim=p)
+        xs, B, C = xbc.split([G * k * p, G * N, G * N], dim=-1)
+        y = ssd_scan(
+            xs.view(b, l, G * k, p), dt, -torch.exp(self.A_log.float()),
+            B.view(b, l, G, N), C.view(b, l, G, N),
+            chunk_size=self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+            dt_limit=self.dt_limit, heads_per_group=k, head_dim=p,
+        )
+        y = self.norm(y.reshape(b, l, -1), z, k, p)
+        return _linear_in(y.to(x.dtype), self.out_proj.weight.view(-1, G, heads_per_group, P)[:d, :, :k, :p])
+
+
+class AttentionMixer(nn.Module):
+    """Causal GQA self-attention without positional embedding (Nemotron-H attention is NoPE).
+
+    ``q_proj.weight`` (Hq*hd, D) with query heads group-major over the KV heads (head h reads KV head
+    h // (Hq/Hkv)); ``k_proj``/``v_proj`` (Hkv*hd, D); ``o_proj`` (D, Hq*hd). A budget keeps the first
+    q query heads of every KV group; KV heads and head_dim are not elastic.
+    """
+
+    def __init__(self, config: ElasticConfig, spec: LayerSpec):
+        super().__init__()
+        self.num_heads, self.num_kv_heads = spec.num_attention_heads, config.num_key_value_heads
+        self.head_dim = config.attention_head_dim
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(self, x, widths: LayerWidths, layer_index: int, cache=None, observer=None):
+        """x (b, l, d) -> (b, l, d)."""
+        b, l, d = x.shape
+        kv, hd, q = self.num_kv_heads, self.head_dim, widths.attention_heads_per_group
+        per_group = self.num_heads // kv
+        queries = _linear(x, self.q_proj.weight.view(kv, per_group, hd, -1)[:, :q, :, :d])
+        keys = _linear(x, self.k_proj.weight[:, :d])
+        values = _linear(x, self.v_proj.weight[:, :d])
+        queries, keys, values = (t.view(b, l, -1, hd).transpose(1, 2) for t in (queries, keys, values))
+        attended = F.scaled_dot_product_attention(queries, keys, values, is_causal=True, enable_gqa=True)
+        attended = attended.transpose(1, 2)  # (b, l, kv*q, hd)
+        _observe(observer, layer_index, "attention_heads", attended)
+        return _linear_in(attended.reshape(b, l, -1), self.o_proj.weight.view(-1, kv, per_group, hd)[:d, :, :q])
+
+
+class MLPMixer(nn.Module):
+    """Ungated ReLU² MLP: ``down(relu(up(x))**2)``; ``up_proj`` (F, D), ``down_proj`` (D, F); budget keeps f neurons."""
+
+    def __init__(self, hidden_size: int, width: int):
+        super().__init__()
+        self.up_proj = nn.Linear(hidden_size, width, bias=False)
+        self.down_proj = nn.Linear(width, hidden_size, bias=False)
+
+    def forward(self, x, widths: LayerWidths, layer_index: int, cache=None, observer=None):
+        """x (b, l, d) -> (b, l, d)."""
+        d, f = x.shape[-1], widths.mlp_width
+        neurons = relu2(F.linear(x, self.up_proj.weight[:f, :d]))
+        _observe(observer, layer_index, "mlp_neurons", neurons)
+        return F.linear(neurons, self.down_proj.weight[:d, :f])
+
+
+class MoERouter(nn.Module):
+    """Router weights: ``weight`` (E, D) fp32 and the aux-loss-free ``e_score_correction_bias`` (E,) buffer."""
+
+    def __init__(self, config: ElasticConfig, spec: LayerSpec):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(spec.moe_num_experts, config.hidden_size, dtype=torch.float32))
+        if config.moe_correction_bias:
+            self.register_buffer("e_score_correction_bias", torch.zeros(spec.moe_num_experts, dtype=torch.float32))
+        else:
+            self.e_score_correction_bias = None
+
+
+class MoEExperts(nn.Module):
+    """Routed expert weights: ``up_proj`` (E, F, D), ``down_proj`` (E, D, F)."""
+
+    def __init__(self, config: ElasticConfig, spec: LayerSpec):
+        super().__init__()
+        e, f, dim = spec.moe_num_experts, spec.moe_intermediate_size, config.hidden_size
+        self.up_proj = nn.Parameter(torch.empty(e, f, dim).normal_(std=0.02))
+        self.down_proj = nn.Parameter(torch.empty(e, dim, f).normal_(std=0.02))
+
+
+class MoEMixer(nn.Module):
+    """Mixture of ReLU² experts: sigmoid router + correction bias + top-k + renorm + routed scaling,
+    plus an optional always-on shared expert. A budget keeps the first e experts (router rows, bias
+    entries), the first r neurons of every expert and the first s shared-expert neurons.
+    """
+
+    def __init__(self, config: ElasticConfig, spec: LayerSpec):
+        super().__init__()
+        self.top_k, self.scaling, self.renormalize = config.moe_top_k, config.moe_routed_scaling, config.moe_renormalize
+        self.gate = MoERouter(config, spec)
+        self.experts = MoEExperts(config, spec)
+        self.shared_experts = None
+        if spec.moe_shared_intermediate_size > 0:
+            self.shared_experts = MLPMixer(config.hidden_size, spec.moe_shared_intermediate_size)
+
+    def route(self, tokens: torch.Tensor, widths: LayerWidths):
+        """tokens (T, d) -> (weights (T, k) fp32, ids (T, k) int32) over the first e experts."""
+        e, d = widths.moe_experts, tokens.shape[-1]
+        logits = F.linear(tokens.float(), self.gate.weight[:e, :d].float())  # (T, e)
+        return moe_route(logits, top_k=self.top_k, score="sigmoid", correction_bias=self.gate.e_score_correction_bias,
+                         num_experts=e, renormalize=self.renormalize, scaling=self.scaling)
+
+    def forward(self, x, widths: LayerWidths, layer_index: int, cache=None, observer=None):
+        """x (b, l, d) -> (b, l, d)."""
+        tokens = x.reshape(-1, x.shape[-1])
+        _observe(observer, layer_index, "moe_tokens", tokens)
+        weights, ids = self.route(tokens, widths)
+        shared = self.shared_experts
+        out = moe_ffn(
+            tokens, self.experts.up_proj, self.experts.down_proj, weights, ids, activation="relu2",
+            ffn_width=widths.moe_expert_width, hidden_width=x.shape[-1],
+            shared_up=None if shared is None else shared.up_proj.weight,
+            shared_down=None if shared is None else shared.down_proj.weight,
+            shared_width=None if shared is None else widths.moe_shared_width,
+        )
+        return out.view(x.shape)
+
+
+def _make_mixer(config: ElasticConfig, spec: LayerSpec) -> nn.Module:
+    if spec.kind == "M":
+        return MambaMixer(config, spec)
+    if spec.kind == "*":
+        return AttentionMixer(config, spec)
+    if spec.kind == "-":
+        return MLPMixer(config.hidden_size, spec.mlp_intermediate_size)
+    return MoEMixer(config, spec)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: ``h + mixer(norm(h))``; the identity when the budget skips it."""
+
+    def __init__(self, config: ElasticConfig, index: int):
+        super().__init__()
+        spec = config.layer(index)
+        self.index, self.kind = index, spec.kind
+        self.norm = ElasticRMSNorm(config.hidden_size, config.norm_eps)
+        self.mixer = _make_mixer(config, spec)
+
+    def forward(self, hidden, widths: LayerWidths | None, cache=None, observer=None):
+        """hidden (b, l, d) -> (b, l, d)."""
+        if widths is None:
+            return hidden
+        normed = self.norm(hidden)
+        _observe(observer, self.index, "norm", normed)
+        return hidden + self.mixer(normed, widths, self.index, cache=cache, observer=observer)
+
+
+class ElasticModel(nn.Module):
+    """Elastic Nemotron-H style causal LM holding every nested submodel.
+
+    ``forward(input_ids (b, l) int64, budget=None, cache=None)`` -> logits (b, l, V) fp32. ``budget``
+    is a ``Budget`` (validated here) or an already ``ResolvedBudget``; ``None`` runs the whole parent.
+    """
+
+    def __init__(self, config: ElasticConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
+        self.norm_f = ElasticRMSNorm(config.hidden_size, config.norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self._init_weights()
+
+    def _init_weights(self):
+        """Nemotron-H style initialisation: N(0, 0.02) matrices, out projections scaled by depth."""
+        for name, parameter in self.named_parameters():
+            if parameter.dim() >= 2 and "conv1d" not in name:
+                nn.init.normal_(parameter, std=0.02)
+                if name.endswith(("out_proj.weight", "o_proj.weight", "down_proj.weight", "down_proj")):
+                    parameter.data /= math.sqrt(2 * self.config.num_layers)
+
+    def resolve_budget(self, budget: Budget | ResolvedBudget | None) -> ResolvedBudget:
+        """A validated ``ResolvedBudget`` for this model."""
+        if budget is None:
+            budget = Budget()
+        if isinstance(budget, ResolvedBudget):
+            if len(budget.layers) != self.config.num_layers:
+                raise ValueError(f"resolved budget has {len(budget.layers)} layers, the model {self.config.num_layers}")
+            if budget.to_budget().resolve(self.config) != budget:  # raises first if a width does not fit
+                raise ValueError("resolved budget was made for another model (its layer kinds differ)")
+            return budget
+        if not isinstance(budget, Budget):
+            raise TypeError(f"budget must be a Budget, ResolvedBudget or None, not {type(budget).__name__}")
+        return budget.resolve(self.config)
+
+    def forward(self, input_ids: torch.Tensor, budget: Budget | ResolvedBudget | None = None, cache=None,
+                *, observer=None) -> torch.Tensor:
+        """input_ids (b, l) -> logits (b, l, V) fp32 at ``budget``."""
+        if cache is not None:
+            raise NotImplementedError("decoding caches are not implemented yet (issue 8); call with cache=None")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, length), got {tuple(input_ids.shape)}")
+        plan = self.resolve_budget(budget)
+        d = plan.hidden_size
+        hidden = F.embedding(input_ids, self.embeddings.weight[:, :d])
+        for block, widths in zip(self.layers, plan.layers):
+            hidden = block(hidden, widths, cache=cache, observer=observer)
+        hidden = self.norm_f(hidden)
+        return F.linear(hidden, self.lm_head.weight[:, :d]).float()
+
+    @classmethod
+    def from_hf(cls, model_or_path) -> "ElasticModel":
+        """From a transformers ``NemotronHForCausalLM`` (in memory) or a local checkpoint directory."""
+        from .hf import from_hf
+
+        return from_hf(model_or_path)
+
+    def to_hf(self):
+        """An equal transformers ``NemotronHForCausalLM`` (uniform widths only)."""
+        from .hf import to_hf
+
+        return to_hf(self)

@@ -1,0 +1,43 @@
+"""Shared helpers for the model-layer tests: tiny configs, randomised weights, token ids."""
+
+import torch
+
+from star_elastic.config import ElasticConfig
+from star_elastic.model import ElasticModel
+
+
+def tiny_config(pattern: str = "M*E-M", **overrides) -> ElasticConfig:
+    """A small hybrid config exercising every layer kind (hidden 32, 2 Mamba groups, 2 KV heads)."""
+    fields = dict(
+        layer_pattern=pattern, vocab_size=64, hidden_size=32,
+        mamba_num_heads=8, mamba_head_dim=8, mamba_num_groups=2, mamba_state_size=8, mamba_chunk_size=4,
+        num_attention_heads=4, num_key_value_heads=2, attention_head_dim=8, mlp_intermediate_size=48,
+        moe_num_experts=6, moe_top_k=2, moe_intermediate_size=16, moe_shared_intermediate_size=24,
+        moe_routed_scaling=2.5,
+    )
+    fields.update(overrides)
+    return ElasticConfig(**fields)
+
+
+@torch.no_grad()
+def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random weights everywhere (norms, biases, A_log, correction bias included) so no test passes by symmetry."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+        scale = 0.25 if tensor.dim() >= 2 else 0.3
+        noise = torch.randn(tensor.shape, generator=generator) * scale
+        if name.endswith(("norm.weight", "norm_f.weight")):
+            noise = 1.0 + noise  # keep norms away from zero
+        tensor.copy_(noise.to(tensor.dtype))
+    return module
+
+
+def tiny_model(pattern: str = "M*E-M", seed: int = 0, **overrides) -> ElasticModel:
+    """A randomised tiny ElasticModel in eval mode."""
+    torch.manual_seed(seed)
+    return randomize_(ElasticModel(tiny_config(pattern, **overrides)), seed).eval()
+
+
+def input_ids(batch: int = 2, length: int = 9, vocab: int = 64, seed: int = 0) -> torch.Tensor:
+    """Random token ids (batch, length)."""
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
