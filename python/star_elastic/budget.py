@@ -9,6 +9,7 @@ apply to every layer of their kind, ``layers`` overrides them per layer (heterog
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from .config import ElasticConfig, LayerSpec
@@ -60,6 +61,28 @@ class Budget(LayerBudget):
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(self.layers))
         object.__setattr__(self, "skip_layers", frozenset(int(i) for i in self.skip_layers))
+
+    def to_dict(self) -> dict:
+        """JSON-able form (``Budget.from_dict`` inverts it)."""
+        data = {name: getattr(self, name) for name in (*_AXES, "hidden_size") if getattr(self, name) is not None}
+        if self.layers is not None:
+            data["layers"] = [None if layer is None else
+                              {k: v for k, v in dataclasses.asdict(layer).items() if v is not None}
+                              for layer in self.layers]
+        if self.skip_layers:
+            data["skip_layers"] = sorted(self.skip_layers)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Budget":
+        fields = dict(data)
+        if fields.get("layers") is not None:
+            fields["layers"] = tuple(None if layer is None else LayerBudget(**layer) for layer in fields["layers"])
+        fields["skip_layers"] = frozenset(fields.get("skip_layers", ()))
+        unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown budget fields: {', '.join(sorted(unknown))}")
+        return cls(**fields)
 
     def resolve(self, config: ElasticConfig) -> "ResolvedBudget":
         """Validate against ``config`` and fill in every width; raises ``ValueError`` naming the field."""

@@ -266,13 +266,15 @@ class Block(nn.Module):
         self.norm = ElasticRMSNorm(config.hidden_size, config.norm_eps)
         self.mixer = _make_mixer(config, spec)
 
-    def forward(self, hidden, widths: LayerWidths | None, cache=None, observer=None):
-        """hidden (b, l, d) -> (b, l, d)."""
+    def forward(self, hidden, widths: LayerWidths | None, cache=None, observer=None, gate=None):
+        """hidden (b, l, d) -> (b, l, d). ``gate``: optional scalar multiplying the mixer's output
+        (the router's straight-through factor during elastic training)."""
         if widths is None:
             return hidden
         normed = self.norm(hidden)
         _observe(observer, self.index, "norm", normed)
-        return hidden + self.mixer(normed, widths, self.index, cache=cache, observer=observer)
+        out = self.mixer(normed, widths, self.index, cache=cache, observer=observer)
+        return hidden + (out if gate is None else out * gate.to(out.dtype))
 
 
 class ElasticModel(nn.Module):
@@ -314,8 +316,13 @@ class ElasticModel(nn.Module):
         return budget.resolve(self.config)
 
     def forward(self, input_ids: torch.Tensor, budget: Budget | ResolvedBudget | None = None, cache=None,
-                *, observer=None) -> torch.Tensor:
-        """input_ids (b, l) -> logits (b, l, V) fp32 at ``budget``."""
+                *, observer=None, gates=None) -> torch.Tensor:
+        """input_ids (b, l) -> logits (b, l, V) fp32 at ``budget``.
+
+        ``gates``: optional :class:`star_elastic.router.Gates` (elastic training only): scalars
+        multiplying the embedding output (``gates.hidden``) and each layer's mixer output
+        (``gates.layers[i]``); their value is 1, they exist to carry the router's gradient.
+        """
         if cache is not None:
             raise NotImplementedError("decoding caches are not implemented yet (issue 8); call with cache=None")
         if input_ids.dim() != 2:
@@ -323,8 +330,11 @@ class ElasticModel(nn.Module):
         plan = self.resolve_budget(budget)
         d = plan.hidden_size
         hidden = F.embedding(input_ids, self.embeddings.weight[:, :d])
-        for block, widths in zip(self.layers, plan.layers):
-            hidden = block(hidden, widths, cache=cache, observer=observer)
+        if gates is not None and gates.hidden is not None:
+            hidden = hidden * gates.hidden.to(hidden.dtype)
+        layer_gates = gates.layers if gates is not None else (None,) * len(self.layers)
+        for block, widths, gate in zip(self.layers, plan.layers, layer_gates):
+            hidden = block(hidden, widths, cache=cache, observer=observer, gate=gate)
         hidden = self.norm_f(hidden)
         return F.linear(hidden, self.lm_head.weight[:, :d]).float()
 

@@ -105,6 +105,17 @@ class AxisRouter(nn.Module):
         return self.net(one_hot).view(self.axis.segments, len(self.axis.choices))
 
 
+@dataclasses.dataclass(frozen=True)
+class Gates:
+    """Straight-through factors (value 1, gradient to the router) that carry the "hard" mode into
+    a forward at a ``Budget``: ``hidden`` multiplies the embedding output, ``layers[i]`` the output
+    of layer i's mixer (None: nothing routed there). Equivalent to scaling the layer's prefix masks
+    by the chosen options' weights, since each mixer is linear in its masked activations' scale."""
+
+    hidden: torch.Tensor | None
+    layers: tuple[torch.Tensor | None, ...]
+
+
 @dataclasses.dataclass
 class Decision:
     """One sampled architecture: per axis, the choice probabilities (segments, choices) and the
@@ -140,6 +151,25 @@ class Decision:
         choices = torch.tensor(axis.choices, dtype=probs.dtype, device=probs.device)
         soft = probs @ choices
         return choices[self.picks[axis.name]] + (soft - soft.detach())
+
+    def _factors(self, axis: Axis) -> torch.Tensor:
+        picked = self.probs[axis.name].gather(1, self.picks[axis.name][:, None])[:, 0]
+        return picked / picked.detach()
+
+    def gates(self, num_layers: int, layer_kinds: str) -> Gates:
+        """The hard mode's straight-through :class:`Gates` for a model of ``layer_kinds``."""
+        hidden, layers = None, [None] * num_layers
+        for axis in self.axes:
+            factors = self._factors(axis)
+            if axis.name == "hidden_size":
+                hidden = factors[0]
+                continue
+            kind = _AXES[axis.name]
+            targets = axis.layers or [i for i in range(num_layers) if layer_kinds[i] == kind]
+            for segment, layer in enumerate(targets):
+                factor = factors[segment if axis.layers else 0]
+                layers[layer] = factor if layers[layer] is None else layers[layer] * factor
+        return Gates(hidden, tuple(layers))
 
     def masks(self, axis: Axis, mode: str) -> torch.Tensor:
         """(segments, parent) masks over the axis's parent width, integrated as ``mode``."""
