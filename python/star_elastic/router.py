@@ -228,9 +228,19 @@ class ElasticRouter(nn.Module):
         one_hot = one_hot.to(next(self.parameters()).device)
         return {name: router(one_hot) for name, router in self.routers.items()}
 
+    def _full(self) -> Decision:
+        probs = {a.name: F.one_hot(torch.zeros(a.segments, dtype=torch.long), len(a.choices)).float()
+                 for a in self.axes}
+        return Decision(self.axes, probs, {n: p.argmax(-1) for n, p in probs.items()})
+
     def sample(self, budget: str | int, *, tau: float = 1.0, scale: float = 1.0,
                generator: torch.Generator | None = None) -> Decision:
-        """Gumbel-softmax sample of every axis for ``budget`` at temperature ``tau``."""
+        """Gumbel-softmax sample of every axis for ``budget`` at temperature ``tau``.
+
+        A budget whose target is 1.0 is the parent itself: always the full widths, not routed.
+        """
+        if self.targets[self.index(budget)] == 1.0:
+            return self._full()
         probs, picks = {}, {}
         for name, logits in self.logits(budget).items():
             uniform = torch.rand(logits.shape, generator=generator).clamp(1e-9, 1 - 1e-9)
@@ -241,6 +251,8 @@ class ElasticRouter(nn.Module):
 
     def decide(self, budget: str | int) -> Decision:
         """The deterministic architecture of ``budget``: argmax of the logits, no noise."""
+        if self.targets[self.index(budget)] == 1.0:
+            return self._full()
         probs, picks = {}, {}
         for name, logits in self.logits(budget).items():
             probs[name] = torch.softmax(logits, dim=-1)

@@ -1,0 +1,339 @@
+"""Elastic distillation: one run trains every nested budget of the parent, with its router.
+
+The teacher is the frozen original parent; the student starts as a copy of it. Each step draws a
+batch, assigns every sample one budget (uniform in stage 1, skewed to the largest in stage 2), runs
+the teacher once and the student once per budget present, and minimises
+
+    mean over samples [ KD(student_b || teacher) * T^2  (+ ce_weight * CE) ]  +  lambda * router loss
+
+where ``b`` is the sample's budget, whose architecture the router samples (Gumbel-softmax) and
+which reaches the student as a ``Budget`` plus straight-through gates (the router's "hard" mode,
+see :mod:`star_elastic.router`). Model and router have their own learning rates (warmup + cosine).
+
+Everything random in a step (rows of the batch, budget assignment, Gumbel noise) is drawn from
+generators seeded by (seed, step): a run resumed from a checkpoint continues exactly, and every
+data-parallel rank agrees on the budgets and architectures while reading its own shard.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from . import checkpoint as ckpt
+from . import losses, schedules
+from .budget import Budget
+from .model import ElasticModel
+from .router import ElasticRouter
+
+
+@dataclasses.dataclass
+class Stage:
+    """One curriculum stage: ``steps`` optimizer steps on ``seq_len`` tokens, ``batch_size``
+    sequences per step (global, across ranks); ``budget_weights`` None = uniform."""
+
+    name: str
+    steps: int
+    seq_len: int
+    batch_size: int
+    budget_weights: tuple[float, ...] | None = None
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything the trainer needs besides models and data (see ``configs/*.toml``)."""
+
+    stages: list[Stage]
+    budget_names: tuple[str, ...]
+    budget_targets: tuple[float, ...]
+    cost: str = "active"
+    heterogeneous: bool = False
+    lr: float = 1e-4
+    router_lr: float = 1e-2
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_accum: int = 1
+    kd_temperature: float = 1.0
+    ce_weight: float = 0.0
+    router_lambda: float = 1.0
+    tau: tuple[float, float] = (1.0, 0.05)
+    logit_scale: tuple[float, float] = (1.0, 10.0)
+    seed: int = 0
+    out_dir: str = "runs/elastic"
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    progress: bool = True
+
+    def __post_init__(self):
+        if not self.stages:
+            raise ValueError("config needs at least one stage")
+        for stage in self.stages:
+            if stage.steps <= 0 or stage.seq_len < 2 or stage.batch_size <= 0:
+                raise ValueError(f"stage {stage.name!r}: steps, batch_size must be > 0, seq_len >= 2")
+            if stage.budget_weights is not None:
+                if len(stage.budget_weights) != len(self.budget_names):
+                    raise ValueError(f"stage {stage.name!r}: budget_weights needs one weight per "
+                                     f"budget ({len(self.budget_names)})")
+                if any(w < 0 for w in stage.budget_weights) or sum(stage.budget_weights) <= 0:
+                    raise ValueError(f"stage {stage.name!r}: budget_weights must be >= 0, not all 0")
+        if self.grad_accum < 1:
+            raise ValueError("grad_accum must be >= 1")
+
+    @property
+    def total_steps(self) -> int:
+        return sum(stage.steps for stage in self.stages)
+
+    def stage_at(self, step: int) -> Stage:
+        for stage in self.stages:
+            if step < stage.steps:
+                return stage
+            step -= stage.steps
+        return self.stages[-1]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        fields = dict(data)
+        fields["stages"] = [Stage(**{**s, "budget_weights": tuple(s["budget_weights"])
+                                     if s.get("budget_weights") not in (None, "uniform") else None})
+                            for s in fields["stages"]]
+        for name in ("budget_names", "budget_targets", "tau", "logit_scale"):
+            if name in fields:
+                fields[name] = tuple(fields[name])
+        return cls(**fields)
+
+
+def _generator(*keys: int) -> torch.Generator:
+    seed = 0
+    for key in keys:
+        seed = (seed * 1_000_003 + int(key)) % (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class ElasticObjective(nn.Module):
+    """Student + router as one module, so data parallelism wraps (and syncs) both; ``forward``
+    returns the loss of one shard and per-budget KD sums for logging."""
+
+    def __init__(self, student: ElasticModel, router: ElasticRouter):
+        super().__init__()
+        self.student, self.router = student, router
+
+    def forward(self, tokens, mask, teacher_logits, budget_ids, *, step: int, seed: int,
+                tau: float, scale: float, temperature: float, ce_weight: float,
+                router_lambda: float, total_samples: int):
+        loss = tokens.new_zeros((), dtype=torch.float32)
+        kd_sums = torch.zeros(len(self.router.budget_names))
+        counts = torch.zeros(len(self.router.budget_names))
+        for b in range(len(self.router.budget_names)):
+            rows = (budget_ids == b).nonzero().flatten()
+            # Every rank samples every budget's architecture from the same generator, so the router
+            # sees the same decisions everywhere, whatever this shard holds.
+            decision = self.router.sample(b, tau=tau, scale=scale, generator=_generator(seed, step, b))
+            router_loss = self.router.loss(decision, b)
+            # A shard without samples of this budget still runs it once, weighted 0: every rank
+            # must make the same forward calls (FSDP gathers parameters in each one).
+            weight = 1.0 if rows.numel() else 0.0
+            if rows.numel() == 0:
+                rows = torch.zeros(1, dtype=torch.long)
+            config = self.student.config
+            budget = decision.budget(config)
+            gates = decision.gates(config.num_layers, config.layer_pattern)
+            logits = self.student(tokens[rows], budget=budget, gates=gates)
+            per_sample = losses.kd_loss_per_sample(logits, teacher_logits[rows],
+                                                   temperature=temperature, mask=mask[rows])
+            if ce_weight:
+                per_sample = per_sample + ce_weight * losses.next_token_ce_per_sample(
+                    logits, tokens[rows], mask[rows])
+            loss = loss + weight * (per_sample.sum() + router_lambda * router_loss * rows.numel()) / total_samples
+            kd_sums[b] = weight * per_sample.detach().sum()
+            counts[b] = weight * rows.numel()
+        return loss, kd_sums, counts
+
+
+class ElasticDistillationTrainer:
+    """Trains ``student`` (a copy of the frozen ``teacher``) and ``router`` over all budgets.
+
+    Args:
+        teacher: the original parent, frozen (no gradients; eval mode).
+        student: the elastic model being trained (initialised from the teacher's weights).
+        router: an :class:`ElasticRouter` for ``config.budget_names`` / ``budget_targets``.
+        tokens: (N, L) int64 training sequences (right-padded), ``mask`` (N, L) bool real tokens.
+        config: :class:`TrainConfig`.
+        wrap: optional callable that wraps the :class:`ElasticObjective` for data parallelism
+            (DDP / FSDP); the trainer then reads only its rank's shard of every batch.
+    """
+
+    def __init__(self, teacher: ElasticModel, student: ElasticModel, router: ElasticRouter,
+                 tokens: torch.Tensor, mask: torch.Tensor, config: TrainConfig, *, wrap=None):
+        if tuple(router.budget_names) != tuple(config.budget_names):
+            raise ValueError("router and config name different budgets")
+        if tokens.shape != mask.shape or tokens.dim() != 2:
+            raise ValueError(f"tokens and mask must be the same (N, L) shape, got "
+                             f"{tuple(tokens.shape)} and {tuple(mask.shape)}")
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.objective = ElasticObjective(student, router)
+        self.model = wrap(self.objective) if wrap is not None else self.objective
+        self.tokens, self.mask, self.config = tokens, mask, config
+        self.rank, self.world = _world()
+        self.step = 0
+        self.history: list[dict] = []
+        self.optimizer = torch.optim.AdamW(
+            [{"params": list(student.parameters()), "lr": config.lr, "weight_decay": config.weight_decay},
+             {"params": list(router.parameters()), "lr": config.router_lr, "weight_decay": 0.0}])
+        self.out_dir = Path(config.out_dir)
+
+    # ---- the loop ---------------------------------------------------------------------------------
+
+    def _batch(self, step: int, micro: int):
+        stage = self.config.stage_at(step)
+        generator = _generator(self.config.seed, step, micro, 1)
+        rows = torch.randint(0, self.tokens.shape[0], (stage.batch_size,), generator=generator)
+        weights = torch.tensor(stage.budget_weights or [1.0] * len(self.config.budget_names))
+        budget_ids = torch.multinomial(weights, stage.batch_size, replacement=True,
+                                       generator=generator)
+        shard = slice(self.rank, None, self.world)
+        tokens = self.tokens[rows[shard], : stage.seq_len]
+        mask = self.mask[rows[shard], : stage.seq_len]
+        return tokens, mask, budget_ids[shard], stage
+
+    def train_step(self) -> dict:
+        """One optimizer step (``grad_accum`` micro-batches); returns its metrics."""
+        config, step = self.config, self.step
+        total = config.total_steps
+        multiplier = schedules.warmup_cosine(step, total, config.warmup_steps, config.min_lr_ratio)
+        self.optimizer.param_groups[0]["lr"] = config.lr * multiplier
+        self.optimizer.param_groups[1]["lr"] = config.router_lr * multiplier
+        tau = schedules.linear(step, total, *config.tau)
+        scale = schedules.linear(step, total, *config.logit_scale)
+        self.optimizer.zero_grad(set_to_none=True)
+        kd_sums = torch.zeros(len(config.budget_names))
+        counts = torch.zeros(len(config.budget_names))
+        loss_sum = 0.0
+        for micro in range(config.grad_accum):
+            tokens, mask, budget_ids, stage = self._batch(step, micro)
+            with torch.no_grad():
+                teacher_logits = self.teacher(tokens)
+            loss, sums, n = self.model(
+                tokens, mask, teacher_logits, budget_ids, step=step, seed=config.seed, tau=tau,
+                scale=scale, temperature=config.kd_temperature, ce_weight=config.ce_weight,
+                router_lambda=config.router_lambda,
+                total_samples=stage.batch_size // self.world * config.grad_accum)
+            loss.backward()
+            loss_sum += float(loss.detach())
+            kd_sums += sums
+            counts += n
+        self.optimizer.step()
+        if self.world > 1:
+            for t in (kd_sums, counts):
+                dist.all_reduce(t)
+            reduced = torch.tensor(loss_sum)
+            dist.all_reduce(reduced)
+            loss_sum = float(reduced) / self.world
+        metrics = {"step": step, "stage": stage.name, "loss": loss_sum, "tau": tau, "scale": scale,
+                   "lr": config.lr * multiplier}
+        for b, name in enumerate(config.budget_names):
+            metrics[f"kd/{name}"] = float(kd_sums[b] / counts[b]) if counts[b] > 0 else None
+        self.step += 1
+        return metrics
+
+    def train(self, steps: int | None = None) -> list[dict]:
+        """Run until the curriculum ends (or ``steps`` more steps); returns all metrics so far."""
+        from tqdm.auto import tqdm
+
+        end = self.config.total_steps if steps is None else min(self.step + steps, self.config.total_steps)
+        bar = tqdm(total=end, initial=self.step, desc="elastic distillation",
+                   disable=not self.config.progress or self.rank != 0)
+        metrics_file = self.out_dir / "metrics.jsonl"
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        while self.step < end:
+            metrics = self.train_step()
+            self.history.append(metrics)
+            if self.rank == 0:
+                with metrics_file.open("a") as handle:
+                    handle.write(json.dumps(metrics) + "\n")
+                bar.set_postfix({k.split("/")[1]: f"{v:.3f}" for k, v in metrics.items()
+                                 if k.startswith("kd/") and v is not None})
+            bar.update(1)
+            if self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
+                self.save()
+        bar.close()
+        return self.history
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        router = self.objective.router
+        state = _full_state_dict(self.objective)
+        return {
+            "student": {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")},
+            "router": {k[len("router."):]: v for k, v in state.items() if k.startswith("router.")},
+            "optimizer": self.optimizer.state_dict(),
+            "config": self.config.to_dict(),
+            "budgets": {name: router.budget(name).to_dict() for name in router.budget_names},
+            "history": self.history,
+        }
+
+    def save(self) -> Path | None:
+        """Checkpoint the run (rank 0 writes; every rank must call it)."""
+        state = self._state()
+        path = None
+        if self.rank == 0:
+            path = ckpt.save_checkpoint(self.out_dir / "checkpoints", self.step, state,
+                                        keep=self.config.keep_checkpoints)
+        if self.world > 1:
+            dist.barrier()
+        return path
+
+    def resume(self, path: str | Path | None = None) -> bool:
+        """Load the newest checkpoint of this run (or ``path``); False when there is none."""
+        path = Path(path) if path else ckpt.latest_checkpoint(self.out_dir / "checkpoints")
+        if path is None:
+            return False
+        step, state = ckpt.load_checkpoint(path)
+        self.objective.student.load_state_dict(state["student"])
+        self.objective.router.load_state_dict(state["router"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.history = step, list(state["history"])
+        return True
+
+    def trained_budgets(self) -> dict[str, Budget]:
+        """Each named budget's architecture (router argmax)."""
+        router = self.objective.router
+        return {name: router.budget(name) for name in router.budget_names}
+
+
+def _full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A plain (unsharded) state dict, also for FSDP-sharded modules."""
+    state = module.state_dict()
+    if any(type(p).__name__ == "DTensor" for p in module.parameters()):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
+    return state
+
+
+def make_student(teacher: ElasticModel) -> ElasticModel:
+    """A trainable copy of the teacher (same weights)."""
+    student = copy.deepcopy(teacher)
+    student.train().requires_grad_(True)
+    return student

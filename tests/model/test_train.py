@@ -1,0 +1,141 @@
+"""Elastic distillation: every budget learns; resume after SIGKILL is exact; data parallelism."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from star_elastic import ElasticModel, data
+from star_elastic.checkpoint import load_checkpoint, latest_checkpoint
+from star_elastic.losses import kd_loss
+from star_elastic.router import ElasticRouter
+from star_elastic.train import ElasticDistillationTrainer, Stage, TrainConfig, make_student
+from tests.model.test_router import toy_config
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "configs" / "tiny_train.toml"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def test_config_validation():
+    base = dict(budget_names=("a", "b"), budget_targets=(1.0, 0.5))
+    with pytest.raises(ValueError, match="at least one stage"):
+        TrainConfig(stages=[], **base)
+    with pytest.raises(ValueError, match="one weight per budget"):
+        TrainConfig(stages=[Stage("s", 1, 8, 2, (1.0,))], **base)
+    with pytest.raises(ValueError, match="seq_len"):
+        TrainConfig(stages=[Stage("s", 1, 1, 2)], **base)
+    parsed = TrainConfig.from_dict({**base, "stages": [
+        {"name": "s", "steps": 3, "seq_len": 8, "batch_size": 2, "budget_weights": "uniform"},
+        {"name": "t", "steps": 2, "seq_len": 8, "batch_size": 2, "budget_weights": [0.7, 0.3]}]})
+    assert parsed.total_steps == 5 and parsed.stage_at(3).name == "t"
+    assert parsed.stages[0].budget_weights is None and parsed.stages[1].budget_weights == (0.7, 0.3)
+
+
+def test_tiny_elastic_run_lowers_the_distillation_loss_of_every_budget(tmp_path):
+    torch.manual_seed(0)
+    config = toy_config(vocab_size=32)
+    teacher = ElasticModel(config)
+    student = make_student(teacher)
+    with torch.no_grad():
+        for parameter in student.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.03)
+    tokenizer = data.load_tokenizer("char")
+    texts = [example.text for example in data.arithmetic_examples(96, seed=1)]
+    tokens, mask = data.encode_batch(tokenizer, texts, 32)
+    train_config = TrainConfig(
+        stages=[Stage("short", 6, 24, 8), Stage("long", 6, 32, 8, (0.5, 0.3, 0.2))],
+        budget_names=("full", "70%", "45%"), budget_targets=(1.0, 0.7, 0.45), lr=3e-3,
+        warmup_steps=2, out_dir=str(tmp_path), progress=False)
+    router = ElasticRouter(config, train_config.budget_names, train_config.budget_targets)
+    trainer = ElasticDistillationTrainer(teacher, student, router, tokens, mask, train_config)
+    held_out, held_mask = data.encode_batch(
+        tokenizer, [e.text for e in data.arithmetic_examples(16, seed=99)], 32)
+
+    def loss_at(budgets):
+        with torch.no_grad():
+            reference = teacher(held_out)
+            return {name: float(kd_loss(student(held_out, budget), reference, mask=held_mask))
+                    for name, budget in budgets.items()}
+
+    trainer.train(steps=2)  # let the router settle before taking the "before" point
+    budgets = trainer.trained_budgets()
+    before = loss_at(budgets)
+    trainer.train()
+    after = loss_at(budgets)
+    for name in budgets:
+        assert after[name] < 0.8 * before[name], (name, before[name], after[name])
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(12))
+    assert {"kd/full", "kd/70%", "kd/45%", "loss", "lr", "tau"} <= set(metrics[-1])
+
+
+def run_cli(out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "star_elastic.cli", "train", "--config",
+                             str(TINY), "--out", str(out), *extra], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_resume_after_sigkill_continues_exactly(tmp_path):
+    straight = run_cli(tmp_path / "straight")
+    assert straight.wait(timeout=600) == 0, straight.stderr.read()[-2000:]
+    killed = run_cli(tmp_path / "killed")
+    deadline = time.time() + 600
+    while latest_checkpoint(tmp_path / "killed" / "checkpoints") is None:
+        assert killed.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    interrupted_at = load_checkpoint(latest_checkpoint(tmp_path / "killed" / "checkpoints"))[0]
+    assert interrupted_at < 8
+    resumed = run_cli(tmp_path / "killed")
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-2000:]
+    assert f"resumed at step {interrupted_at}" in err
+    history = lambda run: load_checkpoint(latest_checkpoint(tmp_path / run / "checkpoints"))[1]["history"]
+    straight_losses = [m["loss"] for m in history("straight")]
+    resumed_losses = [m["loss"] for m in history("killed")]
+    assert len(straight_losses) == 8
+    assert resumed_losses == straight_losses  # exactly, step by step
+    assert json.loads(out)["budgets"] == json.loads(straight.stdout.read())["budgets"]
+
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+@pytest.fixture(scope="module")
+def one_rank_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("one")
+    single = subprocess.run([sys.executable, str(WORKER), "none", str(out)], env=ENV,
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert single.returncode == 0, single.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_cpu_ranks_match_one_rank(tmp_path, strategy, one_rank_run):
+    worker = WORKER
+    double = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+         str(worker), strategy, str(tmp_path / "two")],
+        env=ENV, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert double.returncode == 0, double.stderr[-3000:]
+    rank0 = load_file(tmp_path / "two" / "weights-rank0.safetensors")
+    rank1 = load_file(tmp_path / "two" / "weights-rank1.safetensors")
+    alone = load_file(one_rank_run / "weights-rank0.safetensors")
+    for name, tensor in rank0.items():
+        assert torch.equal(tensor, rank1[name]), f"ranks disagree on {name}"
+        assert torch.allclose(tensor, alone[name], atol=1e-5, rtol=1e-4), name
+    one = json.loads((one_rank_run / "history.json").read_text())
+    two = json.loads((tmp_path / "two" / "history.json").read_text())
+    for a, b in zip(one, two):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
