@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.utils import parametrize
 
 from . import checkpoint as ckpt
 from . import losses, schedules
@@ -131,32 +132,56 @@ def _world() -> tuple[int, int]:
 
 class ElasticObjective(nn.Module):
     """Student + router as one module, so data parallelism wraps (and syncs) both; ``forward``
-    returns the loss of one shard and per-budget KD sums for logging."""
+    returns the loss of one shard and per-budget KD sums for logging.
 
-    def __init__(self, student: ElasticModel, router: ElasticRouter):
+    With ``router=None`` the budgets are fixed (``budgets``, one per name; QAD uses this)."""
+
+    def __init__(self, student: ElasticModel, router: ElasticRouter | None,
+                 budgets: Sequence[Budget] | None = None):
         super().__init__()
+        if (router is None) == (budgets is None):
+            raise ValueError("give either a router or fixed budgets")
         self.student, self.router = student, router
+        self.fixed_budgets = None if budgets is None else list(budgets)
+
+    @property
+    def num_budgets(self) -> int:
+        return len(self.fixed_budgets) if self.router is None else len(self.router.budget_names)
+
+    def architecture(self, b: int, *, step: int, seed: int, tau: float, scale: float):
+        """(Budget, Gates or None, router loss) of budget ``b`` at this step."""
+        if self.router is None:
+            return self.fixed_budgets[b], None, torch.zeros(())
+        # Every rank samples every budget's architecture from the same generator, so the router
+        # sees the same decisions everywhere, whatever this shard holds.
+        decision = self.router.sample(b, tau=tau, scale=scale, generator=_generator(seed, step, b))
+        config = self.student.config
+        gates = decision.gates(config.num_layers, config.layer_pattern)
+        return decision.budget(config), gates, self.router.loss(decision, b)
 
     def forward(self, tokens, mask, teacher_logits, budget_ids, *, step: int, seed: int,
                 tau: float, scale: float, temperature: float, ce_weight: float,
                 router_lambda: float, total_samples: int):
+        with parametrize.cached():  # fake-quantized weights (QAD): quantize once per step
+            return self._forward(tokens, mask, teacher_logits, budget_ids, step=step, seed=seed,
+                                 tau=tau, scale=scale, temperature=temperature,
+                                 ce_weight=ce_weight, router_lambda=router_lambda,
+                                 total_samples=total_samples)
+
+    def _forward(self, tokens, mask, teacher_logits, budget_ids, *, step, seed, tau, scale,
+                 temperature, ce_weight, router_lambda, total_samples):
         loss = tokens.new_zeros((), dtype=torch.float32)
-        kd_sums = torch.zeros(len(self.router.budget_names))
-        counts = torch.zeros(len(self.router.budget_names))
-        for b in range(len(self.router.budget_names)):
+        kd_sums = torch.zeros(self.num_budgets)
+        counts = torch.zeros(self.num_budgets)
+        for b in range(self.num_budgets):
             rows = (budget_ids == b).nonzero().flatten()
-            # Every rank samples every budget's architecture from the same generator, so the router
-            # sees the same decisions everywhere, whatever this shard holds.
-            decision = self.router.sample(b, tau=tau, scale=scale, generator=_generator(seed, step, b))
-            router_loss = self.router.loss(decision, b)
+            budget, gates, router_loss = self.architecture(b, step=step, seed=seed, tau=tau,
+                                                           scale=scale)
             # A shard without samples of this budget still runs it once, weighted 0: every rank
             # must make the same forward calls (FSDP gathers parameters in each one).
             weight = 1.0 if rows.numel() else 0.0
             if rows.numel() == 0:
                 rows = torch.zeros(1, dtype=torch.long)
-            config = self.student.config
-            budget = decision.budget(config)
-            gates = decision.gates(config.num_layers, config.layer_pattern)
             logits = self.student(tokens[rows], budget=budget, gates=gates)
             per_sample = losses.kd_loss_per_sample(logits, teacher_logits[rows],
                                                    temperature=temperature, mask=mask[rows])
@@ -182,23 +207,32 @@ class ElasticDistillationTrainer:
             (DDP / FSDP); the trainer then reads only its rank's shard of every batch.
     """
 
-    def __init__(self, teacher: ElasticModel, student: ElasticModel, router: ElasticRouter,
-                 tokens: torch.Tensor, mask: torch.Tensor, config: TrainConfig, *, wrap=None):
-        if tuple(router.budget_names) != tuple(config.budget_names):
+    def __init__(self, teacher: ElasticModel, student: ElasticModel, router: ElasticRouter | None,
+                 tokens: torch.Tensor, mask: torch.Tensor, config: TrainConfig, *, wrap=None,
+                 budgets: dict[str, Budget] | None = None):
+        if router is not None and tuple(router.budget_names) != tuple(config.budget_names):
             raise ValueError("router and config name different budgets")
+        if budgets is not None and tuple(budgets) != tuple(config.budget_names):
+            raise ValueError(f"budgets {tuple(budgets)} must be the config's "
+                             f"{tuple(config.budget_names)}, in order")
         if tokens.shape != mask.shape or tokens.dim() != 2:
             raise ValueError(f"tokens and mask must be the same (N, L) shape, got "
                              f"{tuple(tokens.shape)} and {tuple(mask.shape)}")
         self.teacher = teacher.eval().requires_grad_(False)
-        self.objective = ElasticObjective(student, router)
+        self.objective = ElasticObjective(student, router,
+                                          None if budgets is None else list(budgets.values()))
+        # Routed training distils from the full parent; fixed budgets (QAD) from the teacher run
+        # at the same budget as the student.
+        self.teacher_budgets = None if budgets is None else list(budgets.values())
         self.model = wrap(self.objective) if wrap is not None else self.objective
         self.tokens, self.mask, self.config = tokens, mask, config
         self.rank, self.world = _world()
         self.step = 0
         self.history: list[dict] = []
+        router_parameters = [] if router is None else list(router.parameters())
         self.optimizer = torch.optim.AdamW(
             [{"params": list(student.parameters()), "lr": config.lr, "weight_decay": config.weight_decay},
-             {"params": list(router.parameters()), "lr": config.router_lr, "weight_decay": 0.0}])
+             {"params": router_parameters, "lr": config.router_lr, "weight_decay": 0.0}])
         self.out_dir = Path(config.out_dir)
 
     # ---- the loop ---------------------------------------------------------------------------------
@@ -231,7 +265,7 @@ class ElasticDistillationTrainer:
         for micro in range(config.grad_accum):
             tokens, mask, budget_ids, stage = self._batch(step, micro)
             with torch.no_grad():
-                teacher_logits = self.teacher(tokens)
+                teacher_logits = self._teacher_logits(tokens, budget_ids)
             loss, sums, n = self.model(
                 tokens, mask, teacher_logits, budget_ids, step=step, seed=config.seed, tau=tau,
                 scale=scale, temperature=config.kd_temperature, ce_weight=config.ce_weight,
@@ -254,6 +288,19 @@ class ElasticDistillationTrainer:
             metrics[f"kd/{name}"] = float(kd_sums[b] / counts[b]) if counts[b] > 0 else None
         self.step += 1
         return metrics
+
+    def _teacher_logits(self, tokens: torch.Tensor, budget_ids: torch.Tensor) -> torch.Tensor:
+        if self.teacher_budgets is None:
+            return self.teacher(tokens)
+        logits = None
+        for b, budget in enumerate(self.teacher_budgets):
+            rows = (budget_ids == b).nonzero().flatten()
+            if rows.numel():
+                out = self.teacher(tokens[rows], budget)
+                if logits is None:
+                    logits = out.new_empty(tokens.shape + out.shape[-1:])
+                logits[rows] = out
+        return logits
 
     def train(self, steps: int | None = None) -> list[dict]:
         """Run until the curriculum ends (or ``steps`` more steps); returns all metrics so far."""
@@ -282,14 +329,13 @@ class ElasticDistillationTrainer:
     # ---- checkpoints ------------------------------------------------------------------------------
 
     def _state(self) -> dict[str, Any]:
-        router = self.objective.router
         state = _full_state_dict(self.objective)
         return {
             "student": {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")},
             "router": {k[len("router."):]: v for k, v in state.items() if k.startswith("router.")},
             "optimizer": self.optimizer.state_dict(),
             "config": self.config.to_dict(),
-            "budgets": {name: router.budget(name).to_dict() for name in router.budget_names},
+            "budgets": {name: budget.to_dict() for name, budget in self.trained_budgets().items()},
             "history": self.history,
         }
 
@@ -311,14 +357,17 @@ class ElasticDistillationTrainer:
             return False
         step, state = ckpt.load_checkpoint(path)
         self.objective.student.load_state_dict(state["student"])
-        self.objective.router.load_state_dict(state["router"])
+        if self.objective.router is not None:
+            self.objective.router.load_state_dict(state["router"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.history = step, list(state["history"])
         return True
 
     def trained_budgets(self) -> dict[str, Budget]:
-        """Each named budget's architecture (router argmax)."""
+        """Each named budget's architecture (router argmax, or the fixed budgets)."""
         router = self.objective.router
+        if router is None:
+            return dict(zip(self.config.budget_names, self.objective.fixed_budgets))
         return {name: router.budget(name) for name in router.budget_names}
 
 

@@ -1,0 +1,77 @@
+"""Quantization-aware distillation: fake-quantized students, exact slices, and loss going down."""
+
+import pytest
+import torch
+
+import star_elastic_kernels as sek
+from star_elastic import Budget, ElasticModel, data
+from star_elastic.losses import kd_loss
+from star_elastic.qad import apply_fake_quantization, quantized_weight_names, remove_fake_quantization
+from star_elastic.train import ElasticDistillationTrainer, Stage, TrainConfig, make_student
+from tests.model.test_router import toy_config
+
+BUDGETS = {"full": Budget(), "half": Budget(hidden_size=32, mlp_width=64, moe_expert_width=16,
+                                            mamba_head_dim=16, moe_experts=4)}
+
+
+def qad_config():
+    return toy_config(vocab_size=32, width_granularity=16, mamba_head_dim=32)
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "fp8"])
+def test_fake_quantized_parent_slices_are_the_childs_quantized_weights(fmt):
+    torch.manual_seed(0)
+    model = ElasticModel(qad_config())
+    names = quantized_weight_names(model)
+    assert any("experts.up_proj" in n for n in names) and any("q_proj" in n for n in names)
+    assert not any("embeddings" in n or "lm_head" in n or "gate" in n for n in names)
+    apply_fake_quantization(model, fmt)
+    mlp = model.layers[2].mixer
+    parent = mlp.up_proj.parametrizations.weight.original
+    scale = mlp.up_proj.parametrizations.weight[0].global_scale
+    quantize = sek.fake_quantize_nvfp4 if fmt == "nvfp4" else sek.fake_quantize_fp8
+    child = quantize(parent[:64, :32].detach(), scale)
+    assert torch.equal(mlp.up_proj.weight[:64, :32].detach(), child)
+    assert not torch.equal(mlp.up_proj.weight.detach(), parent.detach())  # really quantized
+    remove_fake_quantization(model)
+    assert torch.equal(model.layers[2].mixer.up_proj.weight, parent)
+
+
+def test_nvfp4_needs_block_aligned_inputs():
+    with pytest.raises(ValueError, match="in_features % 16"):
+        apply_fake_quantization(ElasticModel(toy_config(hidden_size=40, width_granularity=8)), "nvfp4")
+    with pytest.raises(ValueError, match="format"):
+        apply_fake_quantization(ElasticModel(qad_config()), "int4")
+
+
+def test_qad_lowers_every_budgets_loss_against_the_same_budget_teacher(tmp_path):
+    torch.manual_seed(0)
+    teacher = ElasticModel(qad_config())
+    with torch.no_grad():  # larger weights: sharper logits, so 4-bit error shows in the loss
+        for parameter in teacher.parameters():
+            if parameter.dim() >= 2:
+                parameter.mul_(4.0)
+    student = apply_fake_quantization(make_student(teacher), "nvfp4")
+    tokenizer = data.load_tokenizer("char")
+    tokens, mask = data.encode_batch(tokenizer, [e.text for e in data.arithmetic_examples(64, seed=2)], 24)
+    held, held_mask = data.encode_batch(tokenizer, [e.text for e in data.arithmetic_examples(8, seed=3)], 24)
+    config = TrainConfig(stages=[Stage("qad", 8, 24, 8)], budget_names=tuple(BUDGETS),
+                         budget_targets=(1.0, 0.5), lr=3e-4, warmup_steps=1, out_dir=str(tmp_path),
+                         progress=False)
+    trainer = ElasticDistillationTrainer(teacher, student, None, tokens, mask, config, budgets=BUDGETS)
+
+    def losses():
+        with torch.no_grad():
+            return {n: float(kd_loss(student(held, b), teacher(held, b), mask=held_mask))
+                    for n, b in BUDGETS.items()}
+
+    before = losses()
+    assert all(v > 0 for v in before.values())
+    trainer.train()
+    after = losses()
+    for name in BUDGETS:
+        assert after[name] < before[name], (name, before, after)
+    assert trainer.trained_budgets() == BUDGETS
+    with pytest.raises(ValueError, match="must be the config's"):
+        ElasticDistillationTrainer(teacher, student, None, tokens, mask, config,
+                                   budgets={"half": BUDGETS["half"], "full": Budget()})
