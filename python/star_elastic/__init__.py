@@ -12,22 +12,36 @@ from .importance import Importance, estimate_importance, permute_, rank_layers
 from .model import ElasticModel
 from .params import ParameterCount, parameter_count
 from .slicing import export, load, slice_model
+from .cache import InferenceCache
+from .elastic_checkpoint import load_elastic, save_elastic
+from .generation import GenerationResult, generate
+from .router import ElasticRouter
+from .train import ElasticDistillationTrainer, Stage, TrainConfig
 
 __all__ = [
     "Budget",
     "ElasticConfig",
+    "ElasticDistillationTrainer",
     "ElasticModel",
+    "ElasticRouter",
+    "GenerationResult",
+    "InferenceCache",
     "Importance",
     "LayerBudget",
     "LayerSpec",
     "LayerWidths",
     "ParameterCount",
     "ResolvedBudget",
+    "Stage",
+    "TrainConfig",
     "estimate_importance",
     "export",
+    "generate",
     "load",
+    "load_elastic",
     "parameter_count",
     "permute_",
     "rank_layers",
+    "save_elastic",
     "slice_model",
 ]

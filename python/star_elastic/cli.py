@@ -166,6 +166,15 @@ def generate_command(args) -> int:
     return 0
 
 
+def demo_command(args) -> int:
+    from .demo import run_demo
+
+    results = run_demo(args.out, quick=args.quick, seed=args.seed)
+    print((Path(args.out) / "results.md").read_text())
+    print(f"wrote {args.out}/results.json, results.md, pareto.png and the checkpoints")
+    return 0 if results else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="star-elastic", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -174,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--out", help="output directory (overrides train.out_dir)")
     train.add_argument("--steps", type=int, help="stop after this many more steps")
     train.set_defaults(run=train_command)
+    demo = commands.add_parser("demo", help="the end-to-end demo on a synthetic reasoning task")
+    demo.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
+    demo.add_argument("--quick", action="store_true", help="a small run for CI (about 3 minutes)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=demo_command)
     gen = commands.add_parser("generate", help="streamed generation from an elastic checkpoint at two budgets")
     gen.add_argument("--checkpoint", required=True, help="directory written by save_elastic")
     gen.add_argument("--think-budget", required=True, help="budget name for the thinking phase")

@@ -23,9 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from star_elastic_kernels.reference.moe import moe_ffn, moe_route, relu2
-from star_elastic_kernels.reference.ssm import causal_conv1d, gated_rmsnorm, ssd_scan
+from star_elastic_kernels.reference.ssm import (active_head_index, causal_conv1d, causal_conv1d_update,
+                                                gated_rmsnorm, ssd_scan, ssd_state_update)
 
 from .budget import Budget, LayerWidths, ResolvedBudget
+from .cache import InferenceCache
 from .config import ElasticConfig, LayerSpec
 
 __all__ = ["ElasticModel", "ElasticRMSNorm", "MambaMixer", "AttentionMixer", "MLPMixer", "MoEMixer", "Block",
@@ -125,17 +127,71 @@ class MambaMixer(nn.Module):
         dt = _linear(x, rows[2 * inner + 2 * G * N :].view(G, heads_per_group, -1)[:, :k, :d])  # (b, l, G*k)
         _observe(observer, layer_index, "mamba_x", xs.view(b, l, G * k, p))
 
-        xbc = causal_conv1d(torch.cat([xs, bc], dim=-1), self.conv1d.weight[:, 0], self.conv1d.bias,
-                            activation="silu", num_heads=H, num_groups=G, heads_per_group=k, head_dim=p)
-        xs, B, C = xbc.split([G * k * p, G * N, G * N], dim=-1)
-        y = ssd_scan(
-            xs.view(b, l, G * k, p), dt, -torch.exp(self.A_log.float()),
-            B.view(b, l, G, N), C.view(b, l, G, N),
-            chunk_size=self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
-            dt_limit=self.dt_limit, heads_per_group=k, head_dim=p,
-        )
+        if cache is not None:
+            y = self._conv_and_scan_cached(torch.cat([xs, bc], dim=-1), dt, k, p, cache.layers[layer_index],
+                                           cache.step_mask)
+        else:
+            xbc = causal_conv1d(torch.cat([xs, bc], dim=-1), self.conv1d.weight[:, 0], self.conv1d.bias,
+                                activation="silu", num_heads=H, num_groups=G, heads_per_group=k, head_dim=p)
+            xs, B, C = xbc.split([G * k * p, G * N, G * N], dim=-1)
+            y = ssd_scan(
+                xs.view(b, l, G * k, p), dt, -torch.exp(self.A_log.float()),
+                B.view(b, l, G, N), C.view(b, l, G, N),
+                chunk_size=self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+                dt_limit=self.dt_limit, heads_per_group=k, head_dim=p,
+            )
         y = self.norm(y.reshape(b, l, -1), z, k, p)
         return _linear_in(y.to(x.dtype), self.out_proj.weight.view(-1, G, heads_per_group, P)[:d, :, :k, :p])
+
+    def _conv_and_scan_cached(self, xbc, dt, k: int, p: int, state, step_mask):
+        """Conv + SSD scan continuing from (and updating) ``state``, a parent-layout ``MambaLayerCache``.
+
+        xbc (b, l, G*k*p + 2*G*N) conv inputs, dt (b, l, G*k) raw steps -> y (b, l, G*k, p).
+        ``step_mask`` (b, l) bool or None: one-token steps skip the False rows (their states stay
+        as they are); multi-token steps treat False as left padding on a fresh cache.
+        """
+        b, l, _ = xbc.shape
+        H, P, G, N = self.num_heads, self.head_dim, self.num_groups, self.state_size
+        slice_args = dict(num_heads=H, num_groups=G, heads_per_group=k, head_dim=p)
+        scan_args = dict(D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.dt_limit,
+                         heads_per_group=k, head_dim=p)
+        A = -torch.exp(self.A_log.float())
+        if l == 1:
+            # The decode ops update the active slice of the chosen state slots in place.
+            rows = None if step_mask is None else step_mask[:, 0].nonzero().squeeze(1)
+            if rows is not None and rows.numel() == 0:
+                return xbc.new_zeros(b, 1, G * k, p)
+            x_now, dt_now = (xbc[:, 0], dt[:, 0]) if rows is None else (xbc[rows, 0], dt[rows, 0])
+            conv_out = causal_conv1d_update(x_now, state.conv, self.conv1d.weight[:, 0], self.conv1d.bias,
+                                            activation="silu", state_indices=rows, **slice_args)
+            xs, B, C = conv_out.split([G * k * p, G * N, G * N], dim=-1)
+            y_rows = ssd_state_update(state.ssm, xs.reshape(-1, G * k, p), dt_now, A, B.reshape(-1, G, N),
+                                      C.reshape(-1, G, N), state_indices=rows, **scan_args)
+            if rows is None:
+                return y_rows[:, None]
+            y = y_rows.new_zeros(b, G * k, p)  # frozen rows: an output nobody reads
+            y[rows] = y_rows
+            return y[:, None]
+        # Several tokens: gather the active slice of the states, run the prefill ops from it, write back.
+        heads = active_head_index(H, G, k, device=xbc.device)
+        x_channels = (heads[:, None] * P + torch.arange(p, device=xbc.device)[None, :]).reshape(-1)
+        channels = torch.cat([x_channels, torch.arange(H * P, H * P + 2 * G * N, device=xbc.device)])
+        if step_mask is not None:  # left padding: zero inputs keep a fresh row's conv and SSM state at zero
+            xbc = torch.where(step_mask[..., None], xbc, torch.zeros((), dtype=xbc.dtype, device=xbc.device))
+        xbc, conv_final = causal_conv1d(xbc, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu",
+                                        initial_states=state.conv[:, channels].to(xbc.dtype),
+                                        return_final_states=True, **slice_args)
+        xs, B, C = xbc.split([G * k * p, G * N, G * N], dim=-1)
+        if step_mask is not None:  # the padded positions' conv outputs are silu(bias), not zero
+            xs = torch.where(step_mask[..., None], xs, torch.zeros((), dtype=xs.dtype, device=xs.device))
+        y, ssm_final = ssd_scan(
+            xs.reshape(b, l, G * k, p), dt, A, B.reshape(b, l, G, N), C.reshape(b, l, G, N),
+            chunk_size=self.chunk_size, initial_states=state.ssm[:, heads, :p].float(),
+            return_final_states=True, **scan_args,
+        )
+        state.conv[:, channels] = conv_final.to(state.conv.dtype)
+        state.ssm[:, heads, :p] = ssm_final.to(state.ssm.dtype)
+        return y
 
 
 class AttentionMixer(nn.Module):
@@ -164,10 +220,32 @@ class AttentionMixer(nn.Module):
         keys = _linear(x, self.k_proj.weight[:, :d])
         values = _linear(x, self.v_proj.weight[:, :d])
         queries, keys, values = (t.view(b, l, -1, hd).transpose(1, 2) for t in (queries, keys, values))
-        attended = F.scaled_dot_product_attention(queries, keys, values, is_causal=True, enable_gqa=True)
+        if cache is not None:
+            attended = self._attend_cached(queries, keys, values, cache.layers[layer_index], cache.step_mask)
+        else:
+            attended = F.scaled_dot_product_attention(queries, keys, values, is_causal=True, enable_gqa=True)
         attended = attended.transpose(1, 2)  # (b, l, kv*q, hd)
         _observe(observer, layer_index, "attention_heads", attended)
         return _linear_in(attended.reshape(b, l, -1), self.o_proj.weight.view(-1, kv, per_group, hd)[:d, :, :q])
+
+    @staticmethod
+    def _attend_cached(queries, keys, values, state, step_mask):
+        """Attention of l new positions over the cached ones plus themselves; appends keys/values to ``state``.
+
+        queries (b, kv*q, l, hd), keys/values (b, kv, l, hd) of the new positions -> (b, kv*q, l, hd).
+        ``step_mask`` (b, l) bool or None: False positions are never attended to (padding, frozen rows).
+        """
+        past, l = state.length, queries.shape[2]
+        all_keys, all_values, valid = state.append(keys, values, step_mask)  # (b, kv, past+l, hd), (b, past+l)
+        if l == 1 and state.all_valid:  # plain decode: the new token sees everything cached
+            return F.scaled_dot_product_attention(queries, all_keys, all_values, enable_gqa=True)
+        device = queries.device
+        query_at = past + torch.arange(l, device=device)[:, None]  # absolute position of each query
+        key_at = torch.arange(past + l, device=device)[None, :]
+        visible = (key_at <= query_at)[None] & valid[:, None, :]  # (b, l, past+l): causal, real keys only
+        visible = visible | (key_at == query_at)[None]  # a padded query sees itself, so its row stays finite
+        return F.scaled_dot_product_attention(queries, all_keys, all_values, attn_mask=visible[:, None],
+                                              enable_gqa=True)
 
 
 class MLPMixer(nn.Module):
@@ -322,12 +400,16 @@ class ElasticModel(nn.Module):
         ``gates``: optional :class:`star_elastic.router.Gates` (elastic training only): scalars
         multiplying the embedding output (``gates.hidden``) and each layer's mixer output
         (``gates.layers[i]``); their value is 1, they exist to carry the router's gradient.
+        ``cache``: an :class:`star_elastic.cache.InferenceCache`; the call continues the cached
+        sequences with ``input_ids`` (prefill or decode, any length) and advances the cache.
         """
-        if cache is not None:
-            raise NotImplementedError("decoding caches are not implemented yet (issue 8); call with cache=None")
+        if cache is not None and not isinstance(cache, InferenceCache):
+            raise TypeError(f"cache must be an InferenceCache or None, not {type(cache).__name__}")
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, length), got {tuple(input_ids.shape)}")
         plan = self.resolve_budget(budget)
+        if cache is not None:
+            cache.begin_step(input_ids, self.config)
         d = plan.hidden_size
         hidden = F.embedding(input_ids, self.embeddings.weight[:, :d])
         if gates is not None and gates.hidden is not None:
@@ -335,6 +417,8 @@ class ElasticModel(nn.Module):
         layer_gates = gates.layers if gates is not None else (None,) * len(self.layers)
         for block, widths, gate in zip(self.layers, plan.layers, layer_gates):
             hidden = block(hidden, widths, cache=cache, observer=observer, gate=gate)
+        if cache is not None:
+            cache.end_step(input_ids.shape[1])
         hidden = self.norm_f(hidden)
         return F.linear(hidden, self.lm_head.weight[:, :d]).float()
 

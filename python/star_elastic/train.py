@@ -266,11 +266,13 @@ class ElasticDistillationTrainer:
             tokens, mask, budget_ids, stage = self._batch(step, micro)
             with torch.no_grad():
                 teacher_logits = self._teacher_logits(tokens, budget_ids)
-            loss, sums, n = self.model(
-                tokens, mask, teacher_logits, budget_ids, step=step, seed=config.seed, tau=tau,
-                scale=scale, temperature=config.kd_temperature, ce_weight=config.ce_weight,
-                router_lambda=config.router_lambda,
-                total_samples=stage.batch_size // self.world * config.grad_accum)
+            autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=tokens.is_cuda)
+            with autocast:
+                loss, sums, n = self.model(
+                    tokens, mask, teacher_logits, budget_ids, step=step, seed=config.seed,
+                    tau=tau, scale=scale, temperature=config.kd_temperature,
+                    ce_weight=config.ce_weight, router_lambda=config.router_lambda,
+                    total_samples=stage.batch_size // self.world * config.grad_accum)
             loss.backward()
             loss_sum += float(loss.detach())
             kd_sums += sums
@@ -310,8 +312,10 @@ class ElasticDistillationTrainer:
         bar = tqdm(total=end, initial=self.step, desc="elastic distillation",
                    disable=not self.config.progress or self.rank != 0)
         metrics_file = self.out_dir / "metrics.jsonl"
+        board = None
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            board = _tensorboard(self.out_dir / "tensorboard")
         while self.step < end:
             metrics = self.train_step()
             self.history.append(metrics)
@@ -320,10 +324,16 @@ class ElasticDistillationTrainer:
                     handle.write(json.dumps(metrics) + "\n")
                 bar.set_postfix({k.split("/")[1]: f"{v:.3f}" for k, v in metrics.items()
                                  if k.startswith("kd/") and v is not None})
+                if board is not None:
+                    for key, value in metrics.items():
+                        if isinstance(value, float):
+                            board.add_scalar(key, value, metrics["step"])
             bar.update(1)
             if self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
                 self.save()
         bar.close()
+        if board is not None:
+            board.close()
         return self.history
 
     # ---- checkpoints ------------------------------------------------------------------------------
@@ -369,6 +379,15 @@ class ElasticDistillationTrainer:
         if router is None:
             return dict(zip(self.config.budget_names, self.objective.fixed_budgets))
         return {name: router.budget(name) for name in router.budget_names}
+
+
+def _tensorboard(directory: Path):
+    """A TensorBoard writer when tensorboard is installed, else None (metrics.jsonl always)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(directory))
 
 
 def _full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -63,7 +63,3 @@ def test_from_hf_copies_weights_and_rejects_non_directories(tmp_path):
         ElasticModel.from_hf(str(tmp_path / "missing"))
 
 
-def test_cache_is_not_implemented_yet():
-    config = tiny_config("M-")
-    with pytest.raises(NotImplementedError, match="issue 8"):
-        ElasticModel(config)(input_ids(1, 4), cache=object())
