@@ -16,6 +16,7 @@ unchanged: ``cache`` (decoding state, issue 8) and ``observer``, a callable
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -52,6 +53,18 @@ def _linear_in(x: torch.Tensor, weight_view: torch.Tensor) -> torch.Tensor:
     return F.linear(x, weight_view.reshape(weight_view.shape[0], -1))
 
 
+@dataclasses.dataclass(frozen=True)
+class ChannelMasks:
+    """Soft channel multipliers for the router's soft mode (see ``ElasticModel.forward``).
+
+    ``hidden`` (D,) or None; ``layers[i]`` None or ``{axis: (parent width,)}`` with the Budget axis
+    names of layer i's kind (``mlp_width``; ``attention_heads_per_group``; ``mamba_heads_per_group``
+    and ``mamba_head_dim``; ``moe_experts``, ``moe_expert_width`` and ``moe_shared_width``)."""
+
+    hidden: torch.Tensor | None
+    layers: tuple[dict[str, torch.Tensor] | None, ...]
+
+
 class ElasticRMSNorm(nn.Module):
     """RMSNorm with a parent-size weight (D,) applied to compact activations (..., d), d <= D.
 
@@ -64,11 +77,18 @@ class ElasticRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (>= d,): soft channel multipliers (router training); the mean of squares is then
+        taken over ``sum(mask)`` channels, which for a 0/1 prefix mask is the active width."""
         d = x.shape[-1]
         xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (self.weight[:d].float() * xf).to(x.dtype)
+        if mask is None:
+            xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+            return (self.weight[:d].float() * xf).to(x.dtype)
+        m = mask[:d].float()
+        xf = xf * m
+        xf = xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) / m.sum().clamp_min(1e-6) + self.eps)
+        return (self.weight[:d].float() * xf * m).to(x.dtype)
 
 
 class GatedGroupRMSNorm(nn.Module):
@@ -114,8 +134,8 @@ class MambaMixer(nn.Module):
         self.norm = GatedGroupRMSNorm(inner, self.num_heads, self.num_groups, config.norm_eps)
         self.out_proj = nn.Linear(inner, config.hidden_size, bias=False)
 
-    def forward(self, x, widths: LayerWidths, layer_index: int, cache=None, observer=None):
-        """x (b, l, d) -> (b, l, d)."""
+    def forward(self, x, widths: LayerWidths, layer_index: int, cache=None, observer=None, masks=None):
+        """x (b, l, d) -> (b, l, d). ``masks``: soft channel multipliers of this layer (router training)."""
         b, l, d = x.shape
         H, P, G, N = self.num_heads, self.head_dim, self.num_groups, self.state_size
         k, p = widths.mamba_heads_per_group, widths.mamba_head_dim
@@ -140,8 +160,22 @@ class MambaMixer(nn.Module):
                 chunk_size=self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
                 dt_limit=self.dt_limit, heads_per_group=k, head_dim=p,
             )
-        y = self.norm(y.reshape(b, l, -1), z, k, p)
+        if masks is None:
+            y = self.norm(y.reshape(b, l, -1), z, k, p)
+        else:
+            y = self._masked_gated_norm(y, z, masks["mamba_heads_per_group"][:k], masks["mamba_head_dim"][:p])
         return _linear_in(y.to(x.dtype), self.out_proj.weight.view(-1, G, heads_per_group, P)[:d, :, :k, :p])
+
+    def _masked_gated_norm(self, y, z, head_mask, channel_mask):
+        """The gated group RMSNorm under soft masks (router training): y (b, l, G*k, p), z (b, l, G*k*p);
+        each group's mean of squares is taken over its mask's total weight (its active size for 0/1 masks)."""
+        b, l = y.shape[:2]
+        G, k, p = self.num_groups, head_mask.shape[0], channel_mask.shape[0]
+        m = (head_mask[:, None] * channel_mask[None, :]).float()  # (k, p), the same in every group
+        gated = y.float().view(b, l, G, k, p) * m * F.silu(z.float().view(b, l, G, k, p))
+        mean_square = gated.pow(2).sum((-1, -2), keepdim=True) / m.sum().clamp_min(1e-6)
+        weight = self.norm.weight.view(G, -1, self.head_dim)[:, :k, :p].float()
+        return (gated * torch.rsqrt(mean_square + self.norm.eps) * weight * m).reshape(b, l, -1)
 
     def _conv_and_scan_cached(self, xbc, dt, k: int, p: int, state, step_mask):
         """Conv + SSD scan continuing from (and updating) ``state``, a parent-layout ``MambaLayerCache``.
@@ -211,8 +245,8 @@ class AttentionMixer(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
 
-    def forward(self, x, widths: LayerWidths, layer_index: int, cache=None, observer=None):
-        """x (b, l, d) -> (b, l, d)."""
+    def forward(self, x, widths: LayerWidths, layer_index: int, cache=None, observer=None, masks=None):
+        """x (b, l, d) -> (b, l, d). ``masks``: soft channel multipliers of this layer (router training)."""
         b, l, d = x.shape
         kv, hd, q = self.num_kv_heads, self.head_dim, widths.attention_heads_per_group
         per_group = self.num_heads // kv
@@ -225,6 +259,8 @@ class AttentionMixer(nn.Module):
         else:
             attended = F.scaled_dot_product_attention(queries, keys, values, is_causal=True, enable_gqa=True)
         attended = attended.transpose(1, 2)  # (b, l, kv*q, hd)
+        if masks is not None:  # query heads are kv-major: head g*q + j carries mask j
+            attended = attended * masks["attention_heads_per_group"][:q].repeat(kv)[:, None].to(attended.dtype)
         _observe(observer, layer_index, "attention_heads", attended)
         return _linear_in(attended.reshape(b, l, -1), self.o_proj.weight.view(-1, kv, per_group, hd)[:d, :, :q])
 
@@ -256,10 +292,12 @@ class MLPMixer(nn.Module):
         self.up_proj = nn.Linear(hidden_size, width, bias=False)
         self.down_proj = nn.Linear(width, hidden_size, bias=False)
 
-    def forward(self, x, widths: LayerWidths, layer_index: int, cache=None, observer=None):
-        """x (b, l, d) -> (b, l, d)."""
+    def forward(self, x, widths: LayerWidths, layer_index: int, cache=None, observer=None, masks=None):
+        """x (b, l, d) -> (b, l, d). ``masks``: soft channel multipliers of this layer (router training)."""
         d, f = x.shape[-1], widths.mlp_width
         neurons = relu2(F.linear(x, self.up_proj.weight[:f, :d]))
+        if masks is not None:
+            neurons = neurons * masks["mlp_width"][:f].to(neurons.dtype)
         _observe(observer, layer_index, "mlp_neurons", neurons)
         return F.linear(neurons, self.down_proj.weight[:d, :f])
 
@@ -301,24 +339,42 @@ class MoEMixer(nn.Module):
         if spec.moe_shared_intermediate_size > 0:
             self.shared_experts = MLPMixer(config.hidden_size, spec.moe_shared_intermediate_size)
 
-    def route(self, tokens: torch.Tensor, widths: LayerWidths):
-        """tokens (T, d) -> (weights (T, k) fp32, ids (T, k) int32) over the first e experts."""
+    def route(self, tokens: torch.Tensor, widths: LayerWidths, expert_mask: torch.Tensor | None = None):
+        """tokens (T, d) -> (weights (T, k) fp32, ids (T, k) int32) over the first e experts.
+
+        ``expert_mask`` (>= e,): soft expert multipliers (router training); experts at 0 are never
+        chosen (as if cut), the others' weights are scaled by their multiplier."""
         e, d = widths.moe_experts, tokens.shape[-1]
         logits = F.linear(tokens.float(), self.gate.weight[:e, :d].float())  # (T, e)
-        return moe_route(logits, top_k=self.top_k, score="sigmoid", correction_bias=self.gate.e_score_correction_bias,
-                         num_experts=e, renormalize=self.renormalize, scaling=self.scaling)
+        if expert_mask is None:
+            return moe_route(logits, top_k=self.top_k, score="sigmoid",
+                             correction_bias=self.gate.e_score_correction_bias, num_experts=e,
+                             renormalize=self.renormalize, scaling=self.scaling)
+        multipliers = expert_mask[:e].float()
+        bias = self.gate.e_score_correction_bias
+        weights, ids = moe_route(logits, top_k=self.top_k, score="sigmoid",
+                                 correction_bias=None if bias is None else bias[:e],
+                                 expert_mask=multipliers.detach() > 0, renormalize=self.renormalize,
+                                 scaling=self.scaling)
+        return weights * multipliers[ids.long()], ids
 
-    def forward(self, x, widths: LayerWidths, layer_index: int, cache=None, observer=None):
-        """x (b, l, d) -> (b, l, d)."""
+    def forward(self, x, widths: LayerWidths, layer_index: int, cache=None, observer=None, masks=None):
+        """x (b, l, d) -> (b, l, d). ``masks``: soft channel multipliers of this layer (router training)."""
         tokens = x.reshape(-1, x.shape[-1])
         _observe(observer, layer_index, "moe_tokens", tokens)
-        weights, ids = self.route(tokens, widths)
+        weights, ids = self.route(tokens, widths, None if masks is None else masks["moe_experts"])
         shared = self.shared_experts
+        down = self.experts.down_proj
+        shared_down = None if shared is None else shared.down_proj.weight
+        if masks is not None:  # a neuron's multiplier scales its column of the down projection
+            down = down * masks["moe_expert_width"].to(down.dtype)
+            if shared is not None:
+                shared_down = shared_down * masks["moe_shared_width"].to(shared_down.dtype)
         out = moe_ffn(
-            tokens, self.experts.up_proj, self.experts.down_proj, weights, ids, activation="relu2",
+            tokens, self.experts.up_proj, down, weights, ids, activation="relu2",
             ffn_width=widths.moe_expert_width, hidden_width=x.shape[-1],
             shared_up=None if shared is None else shared.up_proj.weight,
-            shared_down=None if shared is None else shared.down_proj.weight,
+            shared_down=shared_down,
             shared_width=None if shared is None else widths.moe_shared_width,
         )
         return out.view(x.shape)
@@ -344,14 +400,21 @@ class Block(nn.Module):
         self.norm = ElasticRMSNorm(config.hidden_size, config.norm_eps)
         self.mixer = _make_mixer(config, spec)
 
-    def forward(self, hidden, widths: LayerWidths | None, cache=None, observer=None, gate=None):
-        """hidden (b, l, d) -> (b, l, d). ``gate``: optional scalar multiplying the mixer's output
-        (the router's straight-through factor during elastic training)."""
+    def forward(self, hidden, widths: LayerWidths | None, cache=None, observer=None, gate=None,
+                hidden_mask=None, masks=None):
+        """hidden (b, l, d) -> (b, l, d). Router training only: ``gate``, a scalar multiplying the
+        mixer's output (the hard mode's straight-through factor); ``hidden_mask`` (D,) and
+        ``masks`` ({axis: (parent width,)}), soft channel multipliers (the soft mode)."""
         if widths is None:
             return hidden
-        normed = self.norm(hidden)
+        normed = self.norm(hidden, hidden_mask)
         _observe(observer, self.index, "norm", normed)
-        out = self.mixer(normed, widths, self.index, cache=cache, observer=observer)
+        if masks is None:
+            out = self.mixer(normed, widths, self.index, cache=cache, observer=observer)
+        else:
+            out = self.mixer(normed, widths, self.index, cache=cache, observer=observer, masks=masks)
+        if hidden_mask is not None:
+            out = out * hidden_mask[: out.shape[-1]].to(out.dtype)
         return hidden + (out if gate is None else out * gate.to(out.dtype))
 
 
@@ -394,12 +457,15 @@ class ElasticModel(nn.Module):
         return budget.resolve(self.config)
 
     def forward(self, input_ids: torch.Tensor, budget: Budget | ResolvedBudget | None = None, cache=None,
-                *, observer=None, gates=None) -> torch.Tensor:
+                *, observer=None, gates=None, masks=None) -> torch.Tensor:
         """input_ids (b, l) -> logits (b, l, V) fp32 at ``budget``.
 
         ``gates``: optional :class:`star_elastic.router.Gates` (elastic training only): scalars
         multiplying the embedding output (``gates.hidden``) and each layer's mixer output
         (``gates.layers[i]``); their value is 1, they exist to carry the router's gradient.
+        ``masks``: optional :class:`ChannelMasks` (the router's soft mode): channel multipliers over
+        the parent widths applied to the activations of every elastic axis; with 0/1 prefix masks
+        the result equals the forward at the corresponding budget.
         ``cache``: an :class:`star_elastic.cache.InferenceCache`; the call continues the cached
         sequences with ``input_ids`` (prefill or decode, any length) and advances the cache.
         """
@@ -414,12 +480,17 @@ class ElasticModel(nn.Module):
         hidden = F.embedding(input_ids, self.embeddings.weight[:, :d])
         if gates is not None and gates.hidden is not None:
             hidden = hidden * gates.hidden.to(hidden.dtype)
+        hidden_mask = None if masks is None else masks.hidden
+        if hidden_mask is not None:
+            hidden = hidden * hidden_mask[:d].to(hidden.dtype)
         layer_gates = gates.layers if gates is not None else (None,) * len(self.layers)
-        for block, widths, gate in zip(self.layers, plan.layers, layer_gates):
-            hidden = block(hidden, widths, cache=cache, observer=observer, gate=gate)
+        layer_masks = masks.layers if masks is not None else (None,) * len(self.layers)
+        for block, widths, gate, layer_mask in zip(self.layers, plan.layers, layer_gates, layer_masks):
+            hidden = block(hidden, widths, cache=cache, observer=observer, gate=gate,
+                           hidden_mask=hidden_mask, masks=layer_mask)
         if cache is not None:
             cache.end_step(input_ids.shape[1])
-        hidden = self.norm_f(hidden)
+        hidden = self.norm_f(hidden, hidden_mask)
         return F.linear(hidden, self.lm_head.weight[:, :d]).float()
 
     @classmethod

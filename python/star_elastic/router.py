@@ -171,6 +171,29 @@ class Decision:
                 layers[layer] = factor if layers[layer] is None else layers[layer] * factor
         return Gates(hidden, tuple(layers))
 
+    def channel_masks(self, config: ElasticConfig, mode: str = "soft"):
+        """Every axis's masks (:meth:`masks`) laid out for ``ElasticModel.forward(masks=...)``,
+        to be run at the full budget; axes the router does not route get all-ones masks."""
+        from .model import ChannelMasks
+
+        layers: list[dict | None] = [None] * config.num_layers
+        hidden = None
+        for index in range(config.num_layers):
+            spec = config.layer(index)
+            parent = _parent_widths(config, spec)
+            layers[index] = {name: torch.ones(parent[name]) for name, kind in _AXES.items()
+                             if kind == spec.kind}
+        for axis in self.axes:
+            masks = self.masks(axis, mode)
+            if axis.name == "hidden_size":
+                hidden = masks[0]
+                continue
+            targets = axis.layers or [i for i in range(config.num_layers)
+                                      if config.layer(i).kind == _AXES[axis.name]]
+            for segment, layer in enumerate(targets):
+                layers[layer][axis.name] = masks[segment if axis.layers else 0]
+        return ChannelMasks(hidden, tuple(layers))
+
     def masks(self, axis: Axis, mode: str) -> torch.Tensor:
         """(segments, parent) masks over the axis's parent width, integrated as ``mode``."""
         probs = self.probs[axis.name]

@@ -59,6 +59,7 @@ class TrainConfig:
     budget_targets: tuple[float, ...]
     cost: str = "active"
     heterogeneous: bool = False
+    mask_mode: str = "hard"
     lr: float = 1e-4
     router_lr: float = 1e-2
     warmup_steps: int = 10
@@ -90,6 +91,8 @@ class TrainConfig:
                     raise ValueError(f"stage {stage.name!r}: budget_weights must be >= 0, not all 0")
         if self.grad_accum < 1:
             raise ValueError("grad_accum must be >= 1")
+        if self.mask_mode not in ("hard", "soft"):
+            raise ValueError(f"mask_mode must be 'hard' or 'soft', got {self.mask_mode!r}")
 
     @property
     def total_steps(self) -> int:
@@ -137,27 +140,35 @@ class ElasticObjective(nn.Module):
     With ``router=None`` the budgets are fixed (``budgets``, one per name; QAD uses this)."""
 
     def __init__(self, student: ElasticModel, router: ElasticRouter | None,
-                 budgets: Sequence[Budget] | None = None):
+                 budgets: Sequence[Budget] | None = None, mask_mode: str = "hard"):
         super().__init__()
         if (router is None) == (budgets is None):
             raise ValueError("give either a router or fixed budgets")
         self.student, self.router = student, router
         self.fixed_budgets = None if budgets is None else list(budgets)
+        self.mask_mode = mask_mode
 
     @property
     def num_budgets(self) -> int:
         return len(self.fixed_budgets) if self.router is None else len(self.router.budget_names)
 
     def architecture(self, b: int, *, step: int, seed: int, tau: float, scale: float):
-        """(Budget, Gates or None, router loss) of budget ``b`` at this step."""
+        """Forward keywords (budget, gates, masks) and the router loss of budget ``b`` at this step.
+
+        Hard mode: the sampled budget with straight-through gates. Soft mode: the full width with
+        the probability-weighted prefix masks of every axis."""
         if self.router is None:
-            return self.fixed_budgets[b], None, torch.zeros(())
+            return {"budget": self.fixed_budgets[b]}, torch.zeros(())
         # Every rank samples every budget's architecture from the same generator, so the router
         # sees the same decisions everywhere, whatever this shard holds.
         decision = self.router.sample(b, tau=tau, scale=scale, generator=_generator(seed, step, b))
         config = self.student.config
-        gates = decision.gates(config.num_layers, config.layer_pattern)
-        return decision.budget(config), gates, self.router.loss(decision, b)
+        if self.mask_mode == "soft" and self.router.targets[b] < 1.0:
+            forward = {"masks": decision.channel_masks(config, "soft")}
+        else:
+            forward = {"budget": decision.budget(config),
+                       "gates": decision.gates(config.num_layers, config.layer_pattern)}
+        return forward, self.router.loss(decision, b)
 
     def forward(self, tokens, mask, teacher_logits, budget_ids, *, step: int, seed: int,
                 tau: float, scale: float, temperature: float, ce_weight: float,
@@ -175,14 +186,13 @@ class ElasticObjective(nn.Module):
         counts = torch.zeros(self.num_budgets)
         for b in range(self.num_budgets):
             rows = (budget_ids == b).nonzero().flatten()
-            budget, gates, router_loss = self.architecture(b, step=step, seed=seed, tau=tau,
-                                                           scale=scale)
+            forward, router_loss = self.architecture(b, step=step, seed=seed, tau=tau, scale=scale)
             # A shard without samples of this budget still runs it once, weighted 0: every rank
             # must make the same forward calls (FSDP gathers parameters in each one).
             weight = 1.0 if rows.numel() else 0.0
             if rows.numel() == 0:
                 rows = torch.zeros(1, dtype=torch.long)
-            logits = self.student(tokens[rows], budget=budget, gates=gates)
+            logits = self.student(tokens[rows], **forward)
             per_sample = losses.kd_loss_per_sample(logits, teacher_logits[rows],
                                                    temperature=temperature, mask=mask[rows])
             if ce_weight:
@@ -220,7 +230,8 @@ class ElasticDistillationTrainer:
                              f"{tuple(tokens.shape)} and {tuple(mask.shape)}")
         self.teacher = teacher.eval().requires_grad_(False)
         self.objective = ElasticObjective(student, router,
-                                          None if budgets is None else list(budgets.values()))
+                                          None if budgets is None else list(budgets.values()),
+                                          mask_mode=config.mask_mode)
         # Routed training distils from the full parent; fixed budgets (QAD) from the teacher run
         # at the same budget as the student.
         self.teacher_budgets = None if budgets is None else list(budgets.values())

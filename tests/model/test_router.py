@@ -92,3 +92,35 @@ def test_router_reaches_parameter_targets(heterogeneous):
     for name, target in zip(names, targets):
         got = parameter_count(config, router.budget(name)).active / parent
         assert abs(got - target) / target < 0.05, (name, got, target)
+
+
+@pytest.mark.parametrize("heterogeneous", [False, True])
+def test_hard_channel_masks_at_full_width_equal_the_sliced_budget_forward(heterogeneous):
+    from star_elastic import ElasticModel
+
+    torch.manual_seed(2)
+    config = toy_config(vocab_size=32)
+    model = ElasticModel(config)
+    router = ElasticRouter(config, ["x"], [0.5], heterogeneous=heterogeneous)
+    ids = torch.randint(0, 32, (2, 12))
+    for seed in range(3):
+        decision = router.sample("x", tau=0.5, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            masked = model(ids, masks=decision.channel_masks(config, "hard"))
+            sliced = model(ids, decision.budget(config))
+        assert torch.allclose(masked, sliced, atol=2e-5), (masked - sliced).abs().max()
+
+
+def test_soft_masks_carry_the_task_gradient_to_the_router():
+    from star_elastic import ElasticModel
+
+    torch.manual_seed(3)
+    config = toy_config(vocab_size=32)
+    model = ElasticModel(config)
+    router = ElasticRouter(config, ["x"], [0.5])
+    decision = router.sample("x", tau=1.0, generator=torch.Generator().manual_seed(0))
+    masks = decision.channel_masks(config, "soft")
+    assert 0 < float(masks.hidden.detach().min()) < 1  # really soft
+    model(torch.randint(0, 32, (2, 8)), masks=masks).logsumexp(-1).mean().backward()
+    touched = [name for name, p in router.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+    assert any("hidden_size" in n for n in touched) and any("mlp_width" in n for n in touched)
