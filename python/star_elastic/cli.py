@@ -13,6 +13,9 @@ A training config (TOML) has four tables:
               directory; ``max_len`` tokens per sequence
     [train]   the fields of :class:`star_elastic.train.TrainConfig`, with ``[[train.stages]]``
     [distributed] ``strategy = "none" | "ddp" | "fsdp"`` (under torchrun)
+    [qad]     optional ``format = "nvfp4" | "fp8"``: quantization-aware distillation of the
+              elastic checkpoint in [model] at its named budgets (``train.budget_names``); the
+              quantized nested checkpoint is written to ``OUT/quantized``
 """
 
 from __future__ import annotations
@@ -106,17 +109,37 @@ def train_command(args) -> int:
     if args.out:
         train_config.out_dir = args.out
     wrap = init_distributed(spec.get("distributed", {}).get("strategy", "none"))
-    teacher = build_parent(spec["model"])
+    qad_format = spec.get("qad", {}).get("format", "none")
+    fixed_budgets = None
+    if qad_format != "none":
+        # QAD: the elastic checkpoint's parent (BF16) teaches a fake-quantized copy at every
+        # named budget; the budgets are fixed (no router).
+        from .elastic_checkpoint import load_elastic
+        from .qad import apply_fake_quantization
+
+        if "checkpoint" not in spec["model"]:
+            raise ValueError("[qad] needs [model] checkpoint = an elastic checkpoint directory")
+        teacher, fixed_budgets = load_elastic(spec["model"]["checkpoint"])
+        fixed_budgets = {name: fixed_budgets[name] for name in train_config.budget_names}
+        student = apply_fake_quantization(make_student(teacher), qad_format)
+        router = None
+    else:
+        teacher = build_parent(spec["model"])
+        student = make_student(teacher)
+        router = ElasticRouter(student.config, train_config.budget_names,
+                               train_config.budget_targets, cost=train_config.cost,
+                               heterogeneous=train_config.heterogeneous)
     tokens, mask, _ = build_data(spec.get("data", {}), teacher.config.vocab_size)
-    student = make_student(teacher)
-    router = ElasticRouter(student.config, train_config.budget_names, train_config.budget_targets,
-                           cost=train_config.cost, heterogeneous=train_config.heterogeneous)
     trainer = ElasticDistillationTrainer(teacher, student, router, tokens, mask, train_config,
-                                         wrap=wrap)
+                                         wrap=wrap, budgets=fixed_budgets)
     if trainer.resume():
         print(f"resumed at step {trainer.step}", file=sys.stderr)
     trainer.train(args.steps)
     trainer.save()
+    if trainer.rank == 0 and qad_format != "none":
+        from .qad import export_quantized
+
+        export_quantized(student, fixed_budgets, qad_format, Path(train_config.out_dir) / "quantized")
     if trainer.rank == 0:
         budgets = {name: budget.to_dict() for name, budget in trainer.trained_budgets().items()}
         print(json.dumps({"step": trainer.step, "budgets": budgets}, indent=2))

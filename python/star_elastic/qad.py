@@ -76,3 +76,60 @@ def remove_fake_quantization(model: ElasticModel) -> ElasticModel:
             for attr in list(module.parametrizations):
                 parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
     return model
+
+
+def quantize_parent(model: ElasticModel, fmt: str) -> dict[str, object]:
+    """The deployable quantized weights of a fake-quantized (QAD) model, one container per 2-D
+    matrix (MoE experts as ``<name>.<expert>``), each with the frozen scale used in training.
+
+    Returns ``{prefix: NVFP4Weight | FP8Weight}`` (a Linear's module name, or ``<experts>.up_proj.<e>``):
+    dequantizing them gives exactly the weights the
+    QAD student trained with, and any budget's slice of them is that budget's quantized weights.
+    """
+    quantized = {}
+    for module_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for attr, stack in module.parametrizations.items():
+            weight = stack.original.detach()
+            scale = stack[0].global_scale
+            matrices = weight.unsqueeze(0) if weight.dim() == 2 else weight
+            for index, matrix in enumerate(matrices):
+                # Checkpoint prefixes: a Linear's ``weight`` is stored as ``<prefix>.weight``.
+                name = module_name if attr == "weight" else f"{module_name}.{attr}"
+                name += "" if weight.dim() == 2 else f".{index}"
+                # Each matrix gets its own copy of the (shared) scale: checkpoints store one per weight.
+                if fmt == "nvfp4":
+                    quantized[name] = sek.quantize_nvfp4(matrix, scale.clone())
+                else:
+                    quantized[name] = sek.quantize_fp8(matrix, scale.clone())
+    if not quantized:
+        raise ValueError("the model has no fake-quantized weights (call apply_fake_quantization first)")
+    return quantized
+
+
+def export_quantized(model: ElasticModel, budgets: dict, fmt: str, path) -> None:
+    """Write a nested quantized elastic checkpoint: ``quantized.safetensors`` (the common
+    ``weight`` / ``weight_scale`` / ``weight_scale_2`` names, one parent copy serving every budget),
+    ``high_precision.safetensors`` (embeddings, norms, conv, router, SSM parameters), and the
+    config and named budgets (``star_elastic_config.json``, ``budgets.json``)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from star_elastic_kernels.quant.checkpoint import save_quantized
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    quantized = quantize_parent(model, fmt)
+    save_quantized(path / "quantized.safetensors", quantized)
+    plain = {name: p.detach().contiguous() for name, p in model.named_parameters()
+             if "parametrizations" not in name}
+    plain.update({name: b.detach().contiguous() for name, b in model.named_buffers()
+                  if "parametrizations" not in name})
+    save_file(plain, str(path / "high_precision.safetensors"))
+    (path / "star_elastic_config.json").write_text(json.dumps(
+        {"format": "star_elastic_quantized", "quant_format": fmt, "config": model.config.to_dict()},
+        indent=2))
+    (path / "budgets.json").write_text(json.dumps({n: b.to_dict() for n, b in budgets.items()}, indent=2))

@@ -75,3 +75,62 @@ def test_qad_lowers_every_budgets_loss_against_the_same_budget_teacher(tmp_path)
     with pytest.raises(ValueError, match="must be the config's"):
         ElasticDistillationTrainer(teacher, student, None, tokens, mask, config,
                                    budgets={"half": BUDGETS["half"], "full": Budget()})
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "fp8"])
+def test_exported_quantized_parent_serves_every_budget_exactly(tmp_path, fmt):
+    import json
+
+    from safetensors.torch import load_file
+    from star_elastic.qad import export_quantized, quantize_parent
+    from star_elastic_kernels.quant.checkpoint import load_quantized
+
+    torch.manual_seed(1)
+    model = apply_fake_quantization(ElasticModel(qad_config()), fmt)
+    export_quantized(model, BUDGETS, fmt, tmp_path)
+    loaded, _, _ = load_quantized(tmp_path / "quantized.safetensors")
+    assert set(loaded) == set(quantize_parent(model, fmt))
+    mlp = model.layers[2].mixer.up_proj  # (128, 64): the "half" budget keeps 64 rows, 32 inputs
+    name = "layers.2.mixer.up_proj"
+    served = loaded[name].slice(64, 32).dequantize(torch.float32)
+    assert torch.equal(served, mlp.weight[:64, :32].detach())  # the weights QAD trained with
+    experts = model.layers[3].mixer.experts.down_proj  # (E, D, F) -> per-expert matrices
+    expert_served = loaded["layers.3.mixer.experts.down_proj.3"].slice(32, 16).dequantize(torch.float32)
+    assert torch.equal(expert_served, experts[3, :32, :16].detach())
+    high = load_file(tmp_path / "high_precision.safetensors")
+    assert "embeddings.weight" in high and not any("parametrizations" in k for k in high)
+    assert json.loads((tmp_path / "budgets.json").read_text())["half"]["hidden_size"] == 32
+    with pytest.raises(ValueError, match="no fake-quantized weights"):
+        quantize_parent(ElasticModel(qad_config()), fmt)
+
+
+def test_qad_from_the_command_line(tmp_path):
+    from star_elastic import cli
+    from star_elastic.elastic_checkpoint import save_elastic
+    from star_elastic_kernels.quant.checkpoint import load_quantized
+
+    torch.manual_seed(4)
+    save_elastic(ElasticModel(qad_config()), BUDGETS, tmp_path / "elastic")
+    (tmp_path / "qad.toml").write_text(f"""
+[model]
+checkpoint = "{tmp_path / 'elastic'}"
+[data]
+count = 32
+max_len = 24
+[train]
+budget_names = ["full", "half"]
+budget_targets = [1.0, 0.5]
+lr = 1e-4
+warmup_steps = 1
+progress = false
+[[train.stages]]
+name = "qad"
+steps = 2
+seq_len = 24
+batch_size = 4
+[qad]
+format = "fp8"
+""")
+    assert cli.main(["train", "--config", str(tmp_path / "qad.toml"), "--out", str(tmp_path / "run")]) == 0
+    weights, _, _ = load_quantized(tmp_path / "run" / "quantized" / "quantized.safetensors")
+    assert weights["layers.0.mixer.in_proj"].data.dtype == torch.float8_e4m3fn
