@@ -1,6 +1,6 @@
 # The two commands a newcomer runs on a fresh machine; each installs what it needs first:
 #
-#   make demo   the main job (for now: build everything and print what is available here)
+#   make demo   the main job: the end-to-end Star Elastic demo (into demo_out/)
 #   make test   the test suite
 #
 # Other targets: install, bench (GPU), cmake-build, device-wheels, clean.
@@ -10,6 +10,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.14.1
 CUTLASS_VERSION ?= 4.2.0.0
+MAMBA_VERSION ?= 2.3.2.post1
 PY := $(VENV)/bin/python
 CSRC := $(shell find csrc -name '*.cu' -o -name '*.cpp' -o -name '*.h' -o -name '*.cuh') csrc/sources.txt
 
@@ -21,6 +22,9 @@ $(VENV)/.deps: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps "nvidia-cutlass==$(CUTLASS_VERSION)"
+	# mamba-ssm's pure-PyTorch references are test oracles; its CUDA code is not needed.
+	MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE $(PY) -m pip install --quiet \
+		--no-build-isolation --no-deps "mamba-ssm==$(MAMBA_VERSION)"
 	touch $@
 
 # This package, editable, built against the torch above (hence --no-build-isolation). Rebuilt when
@@ -33,6 +37,7 @@ install: $(VENV)/.built
 
 demo: install
 	$(PY) -m star_elastic_kernels.info
+	$(PY) -m star_elastic.cli demo --out demo_out
 
 test: install
 	$(PY) -m pytest tests -q
@@ -48,6 +53,8 @@ cmake-build: install
 # Wheels the GPU machine lacks, carried there in .wheels/ for bench/device_check.sh.
 device-wheels: $(VENV)/.deps
 	$(PY) -m pip download --quiet --no-deps -d .wheels "nvidia-cutlass==$(CUTLASS_VERSION)"
+	MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE $(PY) -m pip wheel --quiet --no-deps \
+		--no-build-isolation -w .wheels "mamba-ssm==$(MAMBA_VERSION)"
 
 clean:
-	rm -rf build star_elastic_kernels/_C*.so star_elastic_kernels/_build_status.json
+	rm -rf build demo_out star_elastic_kernels/_C*.so star_elastic_kernels/_build_status.json

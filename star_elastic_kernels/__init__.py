@@ -12,17 +12,69 @@ Importing never fails for want of the CUDA extension or a GPU, and never initial
 from star_elastic_kernels import _extension
 from star_elastic_kernels._backends import BackendUnavailableError, use_backend
 from star_elastic_kernels._extension import StarElasticWarning
-from star_elastic_kernels.quant import FP8Quantized, dequantize_fp8, quantize_fp8
+from star_elastic_kernels.quant import (  # quant ops
+    FP8Quantized,
+    FP8Weight,
+    NVFP4Weight,
+    dequantize_fp8,
+    dequantize_nvfp4,
+    fake_quantize_fp8,
+    fake_quantize_nvfp4,
+    fp8_linear,
+    load_quantized,
+    nvfp4_linear,
+    quantize_fp8,
+    quantize_nvfp4,
+    quantized_state_dict,
+    save_quantized,
+    slice_quantized,
+)
+
+# ssm ops
+from star_elastic_kernels.ssm import (  # noqa: E402
+    causal_conv1d,
+    causal_conv1d_update,
+    gated_rmsnorm,
+    ssd_scan,
+    ssd_state_update,
+)
+
+# moe ops
+from star_elastic_kernels.moe import MoEAlignment, grouped_gemm, moe_align, moe_ffn, moe_route  # noqa: E402,I001
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
     "FP8Quantized",
+    "FP8Weight",
+    "NVFP4Weight",
+    "dequantize_nvfp4",
+    "fake_quantize_fp8",
+    "fake_quantize_nvfp4",
+    "fp8_linear",
+    "load_quantized",
+    "nvfp4_linear",
+    "quantize_nvfp4",
+    "quantized_state_dict",
+    "save_quantized",
+    "slice_quantized",
     "StarElasticWarning",
     "dequantize_fp8",
     "quantize_fp8",
     "use_backend",
+    # ssm
+    "causal_conv1d",
+    "causal_conv1d_update",
+    "gated_rmsnorm",
+    "ssd_scan",
+    "ssd_state_update",
+    # moe
+    "MoEAlignment",
+    "grouped_gemm",
+    "moe_align",
+    "moe_ffn",
+    "moe_route",
 ]
 
 _extension.warn_if_missing()

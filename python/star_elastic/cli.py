@@ -131,7 +131,8 @@ def train_command(args) -> int:
                                heterogeneous=train_config.heterogeneous)
     tokens, mask, _ = build_data(spec.get("data", {}), teacher.config.vocab_size)
     trainer = ElasticDistillationTrainer(teacher, student, router, tokens, mask, train_config,
-                                         wrap=wrap, budgets=fixed_budgets)
+                                         wrap=wrap, budgets=fixed_budgets,
+                                         teacher_at_same_budget=fixed_budgets is not None)
     if trainer.resume():
         print(f"resumed at step {trainer.step}", file=sys.stderr)
     trainer.train(args.steps)

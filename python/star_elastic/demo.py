@@ -63,9 +63,9 @@ class DemoSettings:
 
     @classmethod
     def full(cls) -> "DemoSettings":
-        return cls(train_examples=4000, test_examples=48, min_digits=1, max_digits=3,
-                   parent_steps=700, parent_batch=32, elastic_stage_steps=(80, 80),
-                   elastic_batch=24, separate_steps=160)
+        return cls(train_examples=4000, test_examples=64, min_digits=1, max_digits=2,
+                   parent_steps=400, parent_batch=32, elastic_stage_steps=(150, 150),
+                   elastic_batch=24, separate_steps=300)
 
     @classmethod
     def quick(cls) -> "DemoSettings":
@@ -137,7 +137,7 @@ def _elastic_config(settings: DemoSettings, out: Path, seq_len: int, **overrides
                       (0.5, 0.3, 0.2))],
         budget_names=tuple(name for name, _ in BUDGETS),
         budget_targets=tuple(target for _, target in BUDGETS),
-        lr=1e-3, router_lr=1e-2, warmup_steps=5, out_dir=str(out), ce_weight=0.0)
+        lr=5e-4, router_lr=1e-2, warmup_steps=5, out_dir=str(out), ce_weight=0.0)
     fields.update(overrides)
     return TrainConfig(**fields)
 
@@ -261,7 +261,8 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0) -> dict:
         "budgets": per_budget, "pairs": pairs, "training_cost": cost, "timings": timings,
         "think_small_answer_large": None if best_mixed is None else {
             **best_mixed,
-            "reaches_full_accuracy": best_mixed["accuracy"] >= full["accuracy"],
+            # Matching a model that solves nothing proves nothing: demand a non-zero full accuracy.
+            "reaches_full_accuracy": full["accuracy"] > 0 and best_mixed["accuracy"] >= full["accuracy"],
             "latency_ratio_vs_full": best_mixed["seconds_per_problem"] / full["seconds_per_problem"],
         },
     }

@@ -215,11 +215,15 @@ class ElasticDistillationTrainer:
         config: :class:`TrainConfig`.
         wrap: optional callable that wraps the :class:`ElasticObjective` for data parallelism
             (DDP / FSDP); the trainer then reads only its rank's shard of every batch.
+        budgets: fixed ``{name: Budget}`` instead of a router (``router=None``): separate
+            distillation of given architectures, or QAD.
+        teacher_at_same_budget: run the teacher at each sample's (fixed) budget instead of in
+            full (QAD: the high-precision model at the same budget teaches the quantized one).
     """
 
     def __init__(self, teacher: ElasticModel, student: ElasticModel, router: ElasticRouter | None,
                  tokens: torch.Tensor, mask: torch.Tensor, config: TrainConfig, *, wrap=None,
-                 budgets: dict[str, Budget] | None = None):
+                 budgets: dict[str, Budget] | None = None, teacher_at_same_budget: bool = False):
         if router is not None and tuple(router.budget_names) != tuple(config.budget_names):
             raise ValueError("router and config name different budgets")
         if budgets is not None and tuple(budgets) != tuple(config.budget_names):
@@ -232,9 +236,11 @@ class ElasticDistillationTrainer:
         self.objective = ElasticObjective(student, router,
                                           None if budgets is None else list(budgets.values()),
                                           mask_mode=config.mask_mode)
-        # Routed training distils from the full parent; fixed budgets (QAD) from the teacher run
-        # at the same budget as the student.
-        self.teacher_budgets = None if budgets is None else list(budgets.values())
+        # Elastic training distils every budget from the full parent; QAD from the teacher run at
+        # the same (fixed) budget as the student.
+        if teacher_at_same_budget and budgets is None:
+            raise ValueError("teacher_at_same_budget needs fixed budgets")
+        self.teacher_budgets = list(budgets.values()) if teacher_at_same_budget else None
         self.model = wrap(self.objective) if wrap is not None else self.objective
         self.tokens, self.mask, self.config = tokens, mask, config
         self.rank, self.world = _world()

@@ -13,6 +13,7 @@ tensor or row gets scale 1. All backends produce bit-identical codes and scales.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -31,12 +32,59 @@ DEQUANTIZE_SPEC = _backends.register(
 )
 
 
-class FP8Quantized(NamedTuple):
-    """Result of :func:`quantize_fp8`: ``data`` float8_e4m3fn (same shape as the input) and
-    ``scale`` float32, shape () for a per-tensor scale or (out_features,) per output channel."""
+class FP8Weight(NamedTuple):
+    """Result of :func:`quantize_fp8`, and an FP8 weight for :func:`fp8_linear`.
+
+    Fields (``data, scale = quantize_fp8(...)`` unpacks them):
+        data: float8_e4m3fn, the input's shape ((out_features, in_features) for a weight).
+        scale: float32 decode scale, shape () per tensor or (out_features,) per output channel.
+
+    :meth:`slice` returns the leading (out_features, in_features) sub-weight as views (no copy):
+    the per-tensor scale is the parent's, a per-channel scale is sliced with the rows, so the slice
+    equals ``quantize_fp8(w[:n, :k], scale=...)`` of the same scales bit for bit.
+    """
 
     data: torch.Tensor
     scale: torch.Tensor
+
+    @property
+    def granularity(self) -> str:
+        return "tensor" if self.scale.dim() == 0 else "channel"
+
+    @property
+    def out_features(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.data.shape[1]
+
+    def slice(self, out_features: int | None = None, in_features: int | None = None
+              ) -> "FP8Weight":
+        """The leading (out_features, in_features) sub-weight of a 2-D weight, as views."""
+        if self.data.dim() != 2:
+            raise ValueError(f"only a 2-D (out_features, in_features) weight can be sliced, got "
+                             f"shape {tuple(self.data.shape)}")
+        n = self.out_features if out_features is None else out_features
+        k = self.in_features if in_features is None else in_features
+        for name, value, limit in (("out_features", n, self.out_features),
+                                   ("in_features", k, self.in_features)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            if not 0 <= value <= limit:
+                raise ValueError(f"{name} must be in [0, {limit}] (the parent's width), got "
+                                 f"{value}")
+        scale = self.scale if self.scale.dim() == 0 else self.scale[:n]
+        return FP8Weight(self.data[:n, :k], scale)
+
+    def dequantize(self, dtype: torch.dtype = torch.bfloat16, *, backend: str | None = None
+                   ) -> torch.Tensor:
+        """Decode to a contiguous tensor of ``dtype`` (see :func:`dequantize_fp8`)."""
+        return dequantize_fp8(self.data, self.scale, dtype=dtype, backend=backend)
+
+
+# The foundation's name for the same (data, scale) pair.
+FP8Quantized = FP8Weight
 
 
 # --------------------------------------------------------------------------------------------------
@@ -145,7 +193,7 @@ def _as_rows(t: torch.Tensor) -> torch.Tensor:
     """View any tensor as 2-D (rows, cols) with the last dim as columns (a 0-d tensor is 1x1)."""
     if t.dim() == 0:
         return t.reshape(1, 1)
-    return t.reshape(-1, t.shape[-1])
+    return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])  # -1 is ambiguous when a dim is 0
 
 
 def _normalize_scale(scale: torch.Tensor, per_row: bool, rows: int, like: torch.Tensor,
@@ -174,7 +222,7 @@ def quantize_fp8(
     granularity: str = "tensor",
     check_finite: bool = True,
     backend: str | None = None,
-) -> FP8Quantized:
+) -> FP8Weight:
     """Quantize ``x`` to FP8 E4M3 with FP32 scales (saturating at ±448, round to nearest even).
 
     Args:
@@ -192,7 +240,7 @@ def quantize_fp8(
             ``$STAR_ELASTIC_BACKEND``, else auto.
 
     Returns:
-        :class:`FP8Quantized` ``(data, scale)``: data float8_e4m3fn with x's shape (contiguous),
+        :class:`FP8Weight` ``(data, scale)``: data float8_e4m3fn with x's shape (contiguous),
         scale float32 of shape () or (out_features,). ``data.float() * scale`` (broadcast per row)
         approximates x.
 
@@ -218,7 +266,7 @@ def quantize_fp8(
     if scale is None:
         scale = _fp8_scales_op(rows, per_row, chosen)
     data = _fp8_quantize_op(rows, scale, check_finite, chosen)
-    return FP8Quantized(data.reshape(x.shape), scale)
+    return FP8Weight(data.reshape(x.shape), scale)
 
 
 def dequantize_fp8(

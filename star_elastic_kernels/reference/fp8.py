@@ -33,3 +33,43 @@ def fp8_dequantize_ref(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype
     """q (rows, cols) float8_e4m3fn, scales () or (rows,) float32 -> (rows, cols) ``dtype``."""
     row_scales = scales.reshape(-1, 1) if scales.dim() == 1 else scales
     return (q.to(torch.float32) * row_scales).to(dtype)
+
+
+def fp8_fake_quantize_ref(x: torch.Tensor, scales: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (rows, cols), scales () or (rows,) -> (dequantize(quantize(x)) in x.dtype, mask bool).
+
+    The mask marks the elements inside the clipping range ``|x / scale| <= 448``; the
+    straight-through gradient passes there and is zero elsewhere.
+    """
+    row_scales = scales.reshape(-1, 1) if scales.dim() == 1 else scales
+    mask = (x.to(torch.float32) / row_scales).abs() <= E4M3_MAX
+    return fp8_dequantize_ref(fp8_quantize_ref(x, scales), scales, x.dtype), mask
+
+
+def fp8_linear_ref(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    activation_quant: str | None,
+    input_scale: torch.Tensor | None,
+) -> torch.Tensor:
+    """FP8-weight linear, dequantize-then-matmul in float32.
+
+    x (M, k) float, w float8_e4m3fn (n, k), w_scale () or (n,), bias (n,) or None -> (M, n) in
+    x.dtype. ``activation_quant``: None (W8A16: x is used as is), ``"dynamic_per_token"`` (x is
+    quantized to E4M3 with one scale per row, amax / 448) or ``"static"`` (one given
+    ``input_scale``).
+    """
+    if activation_quant == "dynamic_per_token":
+        x_scale = fp8_scales_ref(x, per_row=True)
+        x_used = fp8_dequantize_ref(fp8_quantize_ref(x, x_scale), x_scale, torch.float32)
+    elif activation_quant == "static":
+        x_used = fp8_dequantize_ref(fp8_quantize_ref(x, input_scale), input_scale, torch.float32)
+    else:
+        x_used = x.to(torch.float32)
+    out = x_used @ fp8_dequantize_ref(w, w_scale, torch.float32).t()
+    if bias is not None:
+        out = out + bias.to(torch.float32)
+    return out.to(x.dtype)

@@ -144,7 +144,7 @@ def moe_ffn(
     * ``scaling`` multiplies the routed sum (not the shared expert).
 
     Returns (T, d) in hidden's dtype: ``scaling * sum_j weights[t,j] * FFN_{ids[t,j]}(hidden[t])
-    + shared(hidden[t])``, accumulated in fp32. Only experts that appear in ``ids`` contribute, and an
+    + shared(hidden[t])``, accumulated in fp32 (fp64 for fp64 inputs). Only experts that appear in ``ids`` contribute, and an
     expert's output is selected (not multiplied by zero) so unused experts can hold any values.
     """
     if activation not in ("relu2", "silu_glu"):

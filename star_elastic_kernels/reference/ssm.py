@@ -304,7 +304,10 @@ def causal_conv1d(
     if history.shape != (b, c, width - 1):
         raise ValueError(f"initial_states has shape {tuple(history.shape)}, expected {(b, c, width - 1)}")
     padded = torch.cat([history.to(x.dtype), x.transpose(1, 2)], dim=-1)  # (b, c, w-1+l)
-    y = F.conv1d(padded.float(), w.float()[:, None, :], None if bias_active is None else bias_active.float(), groups=c)
+    if l == 0:  # F.conv1d rejects an input shorter than the kernel
+        y = padded.new_zeros((b, c, 0), dtype=torch.float32)
+    else:
+        y = F.conv1d(padded.float(), w.float()[:, None, :], None if bias_active is None else bias_active.float(), groups=c)
     if activation == "silu":
         y = F.silu(y)
     y = y.transpose(1, 2).to(x.dtype)

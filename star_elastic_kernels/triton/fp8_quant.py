@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-E4M3_MAX = 448.0
+E4M3_MAX = tl.constexpr(448.0)  # a constexpr: jit code may only read constexpr globals
 _BLOCK = 1024
 
 

@@ -58,7 +58,8 @@ def test_qad_lowers_every_budgets_loss_against_the_same_budget_teacher(tmp_path)
     config = TrainConfig(stages=[Stage("qad", 8, 24, 8)], budget_names=tuple(BUDGETS),
                          budget_targets=(1.0, 0.5), lr=3e-4, warmup_steps=1, out_dir=str(tmp_path),
                          progress=False)
-    trainer = ElasticDistillationTrainer(teacher, student, None, tokens, mask, config, budgets=BUDGETS)
+    trainer = ElasticDistillationTrainer(teacher, student, None, tokens, mask, config, budgets=BUDGETS,
+                                         teacher_at_same_budget=True)
 
     def losses():
         with torch.no_grad():

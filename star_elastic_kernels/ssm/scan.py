@@ -1,0 +1,222 @@
+"""Chunked SSD scan (Mamba-2 prefill / training) at an elastic width: ``ssd_scan``.
+
+Order: launchers, the registered op ``star_elastic::ssd_scan`` (fake impl, autograd), the public
+wrapper. Kernels: ``star_elastic_kernels/triton/ssd_scan.py`` (triton); the specification is
+``star_elastic_kernels.reference.ssm.ssd_scan`` (torch, the plain sequential recurrence).
+
+Backward: the triton backend has its own chunked Triton backward
+(``star_elastic_kernels/triton/ssd_scan_bwd.py``: the forward's entering states recomputed, a
+reverse state-gradient pass, one kernel per (chunk, head) for every input's gradient). The torch
+backend differentiates the reference recurrence with PyTorch autograd, recomputed in the backward
+pass: exact but sequential in the sequence length, and it keeps one state per token alive, so it
+is for tests and small shapes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from star_elastic_kernels import _backends
+from star_elastic_kernels.reference import ssm as reference
+from star_elastic_kernels.ssm import _checks
+
+SPEC = _backends.register(_backends.OpSpec("ssd_scan", backends=("triton", "torch"),
+                                            supports=_checks.kernels_skip_float64))
+
+_GRAD_INPUTS = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
+
+
+def _triton():
+    from star_elastic_kernels.triton import ssd_scan as kernels
+
+    return kernels
+
+
+def _triton_bwd():
+    from star_elastic_kernels.triton import ssd_scan_bwd as kernels
+
+    return kernels
+
+
+def _bounds(cu_seqlens: torch.Tensor | None) -> list[int] | None:
+    return None if cu_seqlens is None else [int(v) for v in cu_seqlens.tolist()]
+
+
+def _reference(x, dt, A, B, C, D, z, dt_bias, initial_states, cu_seqlens, chunk_size, dt_softplus,
+               dt_min, dt_max, heads_per_group, head_dim):
+    return reference.ssd_scan(
+        x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
+        dt_limit=(dt_min, dt_max), initial_states=initial_states, cu_seqlens=cu_seqlens,
+        return_final_states=True, heads_per_group=heads_per_group, head_dim=head_dim)
+
+
+# --------------------------------------------------------------------------------------------------
+# Registered op. Final states are always returned (they cost one state per sequence); the public
+# wrapper drops them unless asked.
+
+
+@torch.library.custom_op("star_elastic::ssd_scan", mutates_args=())
+def _ssd_scan_op(
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None, z: torch.Tensor | None, dt_bias: torch.Tensor | None,
+    initial_states: torch.Tensor | None, cu_seqlens: torch.Tensor | None, chunk_size: int,
+    dt_softplus: bool, dt_min: float, dt_max: float, heads_per_group: int, head_dim: int,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if backend == "triton":
+        return _triton().ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, initial_states,
+                                      _bounds(cu_seqlens), chunk_size, dt_softplus,
+                                      (dt_min, dt_max), heads_per_group, head_dim)
+    y, final = _reference(x, dt, A, B, C, D, z, dt_bias, initial_states, cu_seqlens, chunk_size,
+                          dt_softplus, dt_min, dt_max, heads_per_group, head_dim)
+    if initial_states is not None and final.untyped_storage().data_ptr() == \
+            initial_states.untyped_storage().data_ptr():
+        final = final.clone()  # an empty sequence's final state is its (fp32) initial state
+    return y.contiguous(), final.contiguous()
+
+
+@_ssd_scan_op.register_fake
+def _(x, dt, A, B, C, D, z, dt_bias, initial_states, cu_seqlens, chunk_size, dt_softplus, dt_min,
+      dt_max, heads_per_group, head_dim, backend):
+    b, l, heads, p = x.shape
+    seqs = b if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    return (x.new_empty((b, l, heads, p)),
+            x.new_empty((seqs, heads, p, B.shape[-1]),
+                        dtype=torch.float64 if x.dtype == torch.float64 else torch.float32))
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:10])
+    ctx.options = inputs[10:16]
+    ctx.backend = inputs[16]
+
+
+def _backward(ctx, grad_y, grad_final):
+    saved = ctx.saved_tensors
+    wanted = [i for i in range(len(_GRAD_INPUTS)) if ctx.needs_input_grad[i]
+              and saved[i] is not None]
+    grads: list[torch.Tensor | None] = [None] * 17
+    if not wanted:
+        return tuple(grads)
+    if ctx.backend == "triton":
+        chunk_size, dt_softplus, dt_min, dt_max, heads_per_group, _ = ctx.options
+        x, dt, A, B, C, D, z, dt_bias, initial_states, cu_seqlens = saved
+        found = _triton_bwd().ssd_scan_bwd(
+            grad_y, grad_final, x, dt, A, B, C, D, z, dt_bias, initial_states,
+            _bounds(cu_seqlens), chunk_size, dt_softplus, (dt_min, dt_max), heads_per_group)
+        for i in wanted:
+            grads[i] = found[i].to(saved[i].dtype)
+        return tuple(grads)
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(i in wanted) if t is not None else None
+                  for i, t in enumerate(saved)]
+        y, final = _reference(*leaves, *ctx.options)
+        outputs, seeds = [y], [grad_y]
+        if grad_final is not None:
+            outputs.append(final)
+            seeds.append(grad_final)
+        found = torch.autograd.grad(outputs, [leaves[i] for i in wanted], seeds, allow_unused=True)
+    for i, g in zip(wanted, found):
+        grads[i] = torch.zeros_like(saved[i]) if g is None else g
+    return tuple(grads)
+
+
+_ssd_scan_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------------
+# Public wrapper: every check happens here, before anything runs.
+
+
+def ssd_scan(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    *,
+    chunk_size: int = 128,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+    initial_states: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    return_final_states: bool = False,
+    heads_per_group: int | None = None,
+    head_dim: int | None = None,
+    backend: str | None = None,
+):
+    """Mamba-2 SSD scan over the first ``k`` heads of every group and ``p`` channels of every head.
+
+    Parent sizes: ``H`` heads in ``G`` groups (group-major: head h is in group h // (H/G)), head
+    dim ``P``, state size ``N``. Active: ``H' = G*k`` heads of ``p`` channels, in compact order
+    (group 0's first k heads, then group 1's, ...).
+
+    Args:
+        x: (b, l, H', p) float32/float16/bfloat16 compact inputs, unit innermost stride (other
+            strides free, e.g. a view into a packed projection).
+        dt: (b, l, H') raw time steps (any float dtype, any strides).
+        A: (H,) parent decay rates (negative; ``-exp(A_log)``), read at the active heads.
+        B, C: (b, l, G, N) in x's dtype, unit innermost stride; never sliced. Head h' uses group
+            h' // k.
+        chunk_size: tokens per chunk of the Triton kernel (>= 1); does not change the result.
+        D: optional (H,) or (H, P) parent skip weights: ``y += D * x``.
+        z: optional (b, l, H', p) gate in x's dtype, unit innermost stride: ``y *= silu(z)``.
+        dt_bias: optional (H,) parent bias added to dt before the softplus.
+        dt_softplus: apply softplus to ``dt + dt_bias``.
+        dt_limit: (min, max) clamp of the processed dt.
+        initial_states: optional (b, H', p, N) (or (S, H', p, N) with cu_seqlens) compact states
+            entering the sequence(s), any float dtype.
+        cu_seqlens: optional (S+1,) int32/int64 boundaries of S packed sequences (b must be 1),
+            starting at 0, non-decreasing, ending at l; no state flows across a boundary. Checked
+            on the host (one sync).
+        return_final_states: also return the final states, (b, H', p, N) or (S, H', p, N), fp32.
+        heads_per_group: k in [1, H/G] (default H/G, the full model).
+        head_dim: p (default x.shape[-1]); checked against P when D is (H, P).
+        backend: ``"auto" | "triton" | "torch"`` (see :func:`star_elastic_kernels.use_backend`).
+
+    Returns:
+        ``y`` (b, l, H', p) in x's dtype, contiguous; with ``return_final_states`` the tuple
+        ``(y, final_states)``.
+
+    Differentiable in x, dt, A, B, C, D, z, dt_bias and initial_states, and through both outputs
+    (see the module docstring for how each backend computes the backward).
+    """
+    _checks.tensor(x, "x", 4, unit_inner_stride=True)
+    device = x.device
+    _checks.tensor(dt, "dt", 3, device)
+    _checks.tensor(A, "A", 1, device)
+    _checks.tensor(B, "B", 4, device, dtypes=(x.dtype,), unit_inner_stride=True)
+    _checks.tensor(C, "C", 4, device, dtypes=(x.dtype,), unit_inner_stride=True)
+    _checks.optional(D, "D", (1, 2), device)
+    _checks.optional(z, "z", 4, device, dtypes=(x.dtype,), unit_inner_stride=True)
+    _checks.optional(dt_bias, "dt_bias", 1, device)
+    _checks.optional(initial_states, "initial_states", 4, device)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    b, l, heads, channels = x.shape
+    num_heads, num_groups = A.shape[0], B.shape[2]
+    parent_p = D.shape[1] if D is not None and D.dim() == 2 else None
+    k, p = _checks.head_slice(num_heads, num_groups, heads_per_group, head_dim, heads, channels,
+                              parent_p)
+    _checks.shape(dt, "dt", (b, l, heads))
+    _checks.shape(B, "B", (b, l, num_groups, B.shape[3]))
+    _checks.shape(C, "C", tuple(B.shape), " (B's shape)")
+    _checks.shape(z, "z", tuple(x.shape), " (x's shape)")
+    if D is not None and D.shape[0] != num_heads:
+        raise ValueError(f"D has shape {tuple(D.shape)}, expected ({num_heads},) or "
+                         f"({num_heads}, P)")
+    _checks.shape(dt_bias, "dt_bias", (num_heads,))
+    low, high = _checks.dt_limit(dt_limit)
+    seqs = b
+    if cu_seqlens is not None:
+        seqs = len(_checks.seq_bounds(cu_seqlens, b, l, device)) - 1
+        if seqs < 1:
+            raise ValueError("cu_seqlens must hold at least one sequence (two boundaries)")
+    _checks.shape(initial_states, "initial_states", (seqs, heads, p, B.shape[3]))
+    chosen = _backends.select_backend(SPEC, device, x.dtype, backend)
+    y, final = _ssd_scan_op(x, dt, A, B, C, D, z, dt_bias, initial_states, cu_seqlens, chunk_size,
+                            bool(dt_softplus), low, high, k, p, chosen)
+    return (y, final) if return_final_states else y

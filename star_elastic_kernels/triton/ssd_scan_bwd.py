@@ -1,0 +1,306 @@
+"""Triton chunked SSD backward at an elastic width (gradients of ``ssd_scan``).
+
+Kernels (the forward's chunk table and entering states are recomputed first, with the forward's
+kernels 1-2):
+
+1. ``_output_state_grad_kernel``: per (chunk, head, channel block) the gradient that the chunk's
+   outputs send to the state entering it, ``sum_t exp(cum_t) gy_t C_t^T`` (gy = dout * silu(z)).
+2. ``_state_passing_bwd_kernel``: per (sequence, head, state block) a reverse walk over the chunks:
+   the gradient of the state leaving each chunk (the final-state gradient for the last one), and
+   the gradient of the initial state.
+3. ``_chunk_bwd_kernel``: per (chunk, head) the chunk recomputed (so z's gradient sees the
+   pre-gate output) and differentiated: x, z, raw dt, B and C per head, and per-chunk partial sums
+   for A and D. It walks the head channels in blocks, writing the channel-local gradients at once
+   and accumulating the sums over channels that B, C and the log-decays need; the log-decay
+   gradient is accumulated per token and reverse-cumsummed.
+
+The launcher reduces B/C over the heads of a group and A/D/dt_bias over tokens and chunks, and
+scatters A/D/dt_bias into the parent's layout (zero outside the active slice). Arithmetic is fp32
+(IEEE dots) whatever the input dtype; 64-bit offsets.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from star_elastic_kernels.triton.ssd_scan import _chunk_dt_and_cumsum, _entering_states
+
+
+@triton.jit
+def _output_state_grad_kernel(
+    dout_ptr, z_ptr, dt_ptr, A_ptr, C_ptr, dt_bias_ptr, chunk_table_ptr, dstates_ptr,
+    num_chunks, heads_per_group, parent_heads_per_group, head_dim, state_size, num_active,
+    stride_do_b, stride_do_l, stride_do_h, stride_z_b, stride_z_l, stride_z_h,
+    stride_dt_b, stride_dt_l, stride_dt_h, stride_C_b, stride_C_l, stride_C_g,
+    dt_min, dt_max,
+    HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    chunk = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    p0 = tl.program_id(2).to(tl.int64) * BLOCK_P
+    batch = tl.load(chunk_table_ptr + chunk)
+    token0 = tl.load(chunk_table_ptr + num_chunks + chunk)
+    length = tl.load(chunk_table_ptr + 2 * num_chunks + chunk)
+    group = head // heads_per_group
+    parent_head = group * parent_heads_per_group + head % heads_per_group
+    _, cum = _chunk_dt_and_cumsum(dt_ptr, dt_bias_ptr, A_ptr, batch, token0, length, head,
+                                  parent_head, stride_dt_b, stride_dt_l, stride_dt_h, HAS_DT_BIAS,
+                                  DT_SOFTPLUS, dt_min, dt_max, BLOCK_Q)
+    t = tl.arange(0, BLOCK_Q).to(tl.int64)
+    rows = token0 + t
+    in_chunk = t < length
+    p = p0 + tl.arange(0, BLOCK_P).to(tl.int64)
+    tile = in_chunk[:, None] & (p[None, :] < head_dim)
+    gy = tl.load(dout_ptr + batch * stride_do_b + rows[:, None] * stride_do_l
+                 + head * stride_do_h + p[None, :], mask=tile, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + batch * stride_z_b + rows[:, None] * stride_z_l + head * stride_z_h
+                    + p[None, :], mask=tile, other=0.0).to(tl.float32)
+        gy = gy * z * tl.sigmoid(z)
+    gy = gy * tl.exp(cum)[:, None]
+    out_base = dstates_ptr + (chunk * num_active + head) * head_dim * state_size
+    for n0 in range(0, state_size, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
+        c = tl.load(C_ptr + batch * stride_C_b + rows[:, None] * stride_C_l + group * stride_C_g
+                    + n[None, :], mask=in_chunk[:, None] & (n[None, :] < state_size),
+                    other=0.0).to(tl.float32)
+        grad = tl.dot(tl.trans(gy), c, input_precision="ieee")
+        tl.store(out_base + p[:, None] * state_size + n[None, :], grad,
+                 mask=(p[:, None] < head_dim) & (n[None, :] < state_size))
+
+
+@triton.jit
+def _state_passing_bwd_kernel(
+    dstates_ptr, chunk_decay_ptr, seq_table_ptr, dfinal_ptr, dinitial_ptr,
+    num_seqs, num_active, state_numel, HAS_DFINAL: tl.constexpr, BLOCK: tl.constexpr,
+):
+    seq = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(2).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    mask = offs < state_numel
+    first_chunk = tl.load(seq_table_ptr + seq)
+    count = tl.load(seq_table_ptr + num_seqs + seq)
+    if HAS_DFINAL:
+        grad = tl.load(dfinal_ptr + (seq * num_active + head) * state_numel + offs, mask=mask,
+                       other=0.0)
+    else:
+        grad = tl.zeros([BLOCK], dtype=tl.float32)
+    for i in range(0, count):
+        chunk = first_chunk + count - 1 - i
+        slot = dstates_ptr + (chunk * num_active + head) * state_numel + offs
+        from_outputs = tl.load(slot, mask=mask, other=0.0)
+        tl.store(slot, grad, mask=mask)  # from here on: gradient of the state leaving the chunk
+        grad = from_outputs + tl.load(chunk_decay_ptr + chunk * num_active + head) * grad
+    tl.store(dinitial_ptr + (seq * num_active + head) * state_numel + offs, grad, mask=mask)
+
+
+@triton.jit
+def _chunk_bwd_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt_bias_ptr, chunk_table_ptr, states_ptr,
+    dstates_ptr, dout_ptr,
+    dx_ptr, dz_ptr, ddt_ptr, dB_ptr, dC_ptr, dD_ptr, dA_ptr,
+    num_chunks, heads_per_group, parent_heads_per_group, head_dim, state_size, num_active, seqlen,
+    stride_x_b, stride_x_l, stride_x_h, stride_dt_b, stride_dt_l, stride_dt_h,
+    stride_B_b, stride_B_l, stride_B_g, stride_C_b, stride_C_l, stride_C_g,
+    stride_z_b, stride_z_l, stride_z_h, stride_D_h, stride_D_p,
+    stride_do_b, stride_do_l, stride_do_h,
+    dt_min, dt_max,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    chunk = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    batch = tl.load(chunk_table_ptr + chunk)
+    token0 = tl.load(chunk_table_ptr + num_chunks + chunk)
+    length = tl.load(chunk_table_ptr + 2 * num_chunks + chunk)
+    group = head // heads_per_group
+    parent_head = group * parent_heads_per_group + head % heads_per_group
+    dt, cum = _chunk_dt_and_cumsum(dt_ptr, dt_bias_ptr, A_ptr, batch, token0, length, head,
+                                   parent_head, stride_dt_b, stride_dt_l, stride_dt_h, HAS_DT_BIAS,
+                                   DT_SOFTPLUS, dt_min, dt_max, BLOCK_Q)
+    a = tl.load(A_ptr + parent_head).to(tl.float32)
+    t = tl.arange(0, BLOCK_Q).to(tl.int64)
+    rows = token0 + t
+    token = batch * seqlen + rows  # row of the contiguous (b*l, ...) gradient outputs
+    in_chunk = t < length
+    is_last = t == length - 1
+    cum_last = tl.max(tl.where(is_last, cum, float("-inf")), axis=0)
+    exp_cum = tl.exp(cum)
+    decay_to_end = tl.exp(cum_last - cum)
+    n = tl.arange(0, BLOCK_N).to(tl.int64)
+    n_mask = n < state_size
+    tile_n = in_chunk[:, None] & n_mask[None, :]
+    b = tl.load(B_ptr + batch * stride_B_b + rows[:, None] * stride_B_l + group * stride_B_g
+                + n[None, :], mask=tile_n, other=0.0).to(tl.float32)
+    c = tl.load(C_ptr + batch * stride_C_b + rows[:, None] * stride_C_l + group * stride_C_g
+                + n[None, :], mask=tile_n, other=0.0).to(tl.float32)
+    causal = t[:, None] >= t[None, :]
+    decay = tl.exp(tl.where(causal, cum[:, None] - cum[None, :], float("-inf")))  # (t, s)
+    cb_decay = tl.dot(c, tl.trans(b), input_precision="ieee") * decay
+
+    # One pass over blocks of head channels: the channel-local gradients (x, z, D) directly, and
+    # the sums over channels that B, C and the log-decays need, accumulated.
+    gx = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)  # (t, s): gy_t . x_s
+    x_g_end = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)  # x_s . g_end[:, n]
+    gy_h_in = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)  # gy_t . h_in[:, n]
+    g_cum = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    to_end = tl.zeros([BLOCK_Q], dtype=tl.float32)  # dt_s x_s . (g_end B_s) exp(cum_L - cum_s)
+    direct_dt = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    state_dot = tl.zeros([BLOCK_N], dtype=tl.float32)  # <g_end, h_in> by state column
+    state_base = (chunk * num_active + head) * head_dim * state_size
+    for p0 in range(0, head_dim, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P).to(tl.int64)
+        p_mask = p < head_dim
+        tile_p = in_chunk[:, None] & p_mask[None, :]
+        act_offsets = (token[:, None] * num_active + head) * head_dim + p[None, :]
+        x = tl.load(x_ptr + batch * stride_x_b + rows[:, None] * stride_x_l
+                    + head * stride_x_h + p[None, :], mask=tile_p, other=0.0).to(tl.float32)
+        dout = tl.load(dout_ptr + batch * stride_do_b + rows[:, None] * stride_do_l
+                       + head * stride_do_h + p[None, :], mask=tile_p, other=0.0).to(tl.float32)
+        state_offsets = state_base + p[:, None] * state_size + n[None, :]
+        state_mask = p_mask[:, None] & n_mask[None, :]
+        h_in = tl.load(states_ptr + state_offsets, mask=state_mask, other=0.0)  # (BLOCK_P, N)
+        g_end = tl.load(dstates_ptr + state_offsets, mask=state_mask, other=0.0)
+        y_inter = exp_cum[:, None] * tl.dot(c, tl.trans(h_in), input_precision="ieee")
+        gy = dout
+        if HAS_D:
+            d = tl.load(D_ptr + parent_head * stride_D_h + p * stride_D_p, mask=p_mask,
+                        other=0.0).to(tl.float32)
+        if HAS_Z:
+            y = y_inter + tl.dot(cb_decay * dt[None, :], x, input_precision="ieee")
+            if HAS_D:
+                y += d[None, :] * x
+            z = tl.load(z_ptr + batch * stride_z_b + rows[:, None] * stride_z_l
+                        + head * stride_z_h + p[None, :], mask=tile_p, other=0.0).to(tl.float32)
+            sig = tl.sigmoid(z)
+            gy = dout * z * sig
+            tl.store(dz_ptr + act_offsets, dout * y * sig * (1.0 + z * (1.0 - sig)), mask=tile_p)
+        m_end = decay_to_end[:, None] * tl.dot(b, tl.trans(g_end), input_precision="ieee")
+        m = tl.dot(tl.trans(cb_decay), gy, input_precision="ieee") + m_end
+        dx = dt[:, None] * m
+        if HAS_D:
+            dx += d[None, :] * gy
+            tl.store(dD_ptr + (chunk * num_active + head) * head_dim + p, tl.sum(gy * x, axis=0),
+                     mask=p_mask)
+        tl.store(dx_ptr + act_offsets, dx, mask=tile_p)
+        gx += tl.dot(gy, tl.trans(x), input_precision="ieee")
+        x_g_end += tl.dot(x, g_end, input_precision="ieee")
+        gy_h_in += tl.dot(gy, h_in, input_precision="ieee")
+        g_cum += tl.sum(gy * y_inter, axis=1)
+        to_end += dt * tl.sum(x * m_end, axis=1)
+        direct_dt += tl.sum(x * m, axis=1)
+        state_dot += tl.sum(g_end * h_in, axis=0)
+
+    gx_decay = gx * decay
+    db = dt[:, None] * tl.dot(tl.trans(gx_decay), c, input_precision="ieee") \
+        + (dt * decay_to_end)[:, None] * x_g_end
+    dc = exp_cum[:, None] * gy_h_in + tl.dot(gx_decay * dt[None, :], b, input_precision="ieee")
+    bc_offsets = (token[:, None] * num_active + head) * state_size + n[None, :]
+    tl.store(dB_ptr + bc_offsets, db, mask=tile_n)
+    tl.store(dC_ptr + bc_offsets, dc, mask=tile_n)
+
+    # log-decay gradient per token, then reverse-cumsummed onto every dA_s = dt_s * A
+    e = cb_decay * dt[None, :] * gx
+    g_cum += tl.sum(e, axis=1) - tl.sum(e, axis=0) - to_end
+    end_term = tl.sum(to_end, axis=0) + tl.exp(cum_last) * tl.sum(state_dot, axis=0)
+    g_cum += tl.where(is_last, end_term, 0.0)
+    g_da = tl.sum(g_cum, axis=0) - tl.cumsum(g_cum, axis=0) + g_cum
+    g_dt = direct_dt + g_da * a
+    tl.store(dA_ptr + chunk * num_active + head, tl.sum(g_da * dt, axis=0))
+
+    raw = tl.load(dt_ptr + batch * stride_dt_b + rows * stride_dt_l + head * stride_dt_h,
+                  mask=in_chunk, other=0.0).to(tl.float32)
+    if HAS_DT_BIAS:
+        raw += tl.load(dt_bias_ptr + parent_head).to(tl.float32)
+    value = raw
+    slope = tl.full([BLOCK_Q], 1.0, tl.float32)
+    if DT_SOFTPLUS:
+        value = tl.where(raw <= 20.0, tl.log(1.0 + tl.exp(raw)), raw)
+        slope = tl.where(raw <= 20.0, tl.sigmoid(raw), 1.0)
+    passes = (value >= dt_min) & (value <= dt_max)
+    tl.store(ddt_ptr + token * num_active + head, tl.where(passes, g_dt * slope, 0.0),
+             mask=in_chunk)
+
+
+def ssd_scan_bwd(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_bounds,
+                 chunk_size, dt_softplus, dt_limit, heads_per_group):
+    """Gradients of ``ssd_scan_fwd``: returns (dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial)
+    with the inputs' shapes (fp32; dA, dD, ddt_bias in the parent's layout, zero outside the slice;
+    None where the input is None)."""
+    b, l, num_active, p = x.shape
+    num_groups, state_size = B.shape[2], B.shape[3]
+    num_heads = A.shape[0]
+    # The result does not depend on the chunking, so the backward picks its own: the per-chunk
+    # kernel holds several (Q, Q) and (Q, N) fp32 tiles at once, and Q <= 32 keeps them within
+    # registers and shared memory for N <= 128.
+    chunk_size = min(chunk_size, 32)
+    parent_per_group = num_heads // num_groups
+    f32 = dict(dtype=torch.float32, device=x.device)
+    chunk_table, seq_table, states, chunk_decay, _ = _entering_states(
+        x, dt, A, B, dt_bias, initial_states, seq_bounds, chunk_size, dt_softplus, dt_limit,
+        heads_per_group)
+    num_chunks, num_seqs = chunk_table.shape[1], seq_table.shape[1]
+    dx = torch.zeros((b, l, num_active, p), **f32)
+    dz = torch.zeros((b, l, num_active, p), **f32) if z is not None else None
+    ddt = torch.zeros((b, l, num_active), **f32)
+    dB_heads = torch.zeros((b, l, num_active, state_size), **f32)
+    dC_heads = torch.zeros((b, l, num_active, state_size), **f32)
+    dD_part = torch.zeros((num_chunks, num_active, p), **f32)
+    dA_part = torch.zeros((num_chunks, num_active), **f32)
+    dinitial = torch.zeros((num_seqs, num_active, p, state_size), **f32)
+    if num_seqs > 0 and num_active > 0 and p > 0:
+        dy = dy.contiguous()
+        dstates = torch.zeros_like(states)
+        dummy = x
+        block_q = max(16, triton.next_power_of_2(chunk_size))
+        block_p = max(16, min(64, triton.next_power_of_2(p)))
+        block_n = max(16, min(64, triton.next_power_of_2(state_size)))
+        limits = (float(dt_limit[0]), float(dt_limit[1]))
+        flags = dict(HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus))
+        z_strides = (0, 0, 0) if z is None else z.stride()[:3]
+        if num_chunks > 0:
+            _output_state_grad_kernel[(num_chunks, num_active, triton.cdiv(p, block_p))](
+                dy, z if z is not None else dummy, dt, A, C,
+                dt_bias if dt_bias is not None else dummy, chunk_table, dstates,
+                num_chunks, heads_per_group, parent_per_group, p, state_size, num_active,
+                *dy.stride()[:3], *z_strides, *dt.stride(), *C.stride()[:3], *limits,
+                HAS_Z=z is not None, BLOCK_Q=block_q, BLOCK_P=block_p, BLOCK_N=block_n, **flags)
+        state_numel = p * state_size
+        block = min(1024, triton.next_power_of_2(state_numel))
+        _state_passing_bwd_kernel[(num_seqs, num_active, triton.cdiv(state_numel, block))](
+            dstates, chunk_decay, seq_table,
+            dfinal.contiguous() if dfinal is not None else dummy, dinitial,
+            num_seqs, num_active, state_numel, HAS_DFINAL=dfinal is not None, BLOCK=block)
+        if num_chunks > 0:
+            D_strides = (0, 0) if D is None else (D.stride(0), D.stride(1) if D.dim() == 2 else 0)
+            _chunk_bwd_kernel[(num_chunks, num_active)](
+                x, dt, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
+                dt_bias if dt_bias is not None else dummy, chunk_table, states, dstates, dy,
+                dx, dz if dz is not None else dx, ddt, dB_heads, dC_heads, dD_part, dA_part,
+                num_chunks, heads_per_group, parent_per_group, p, state_size, num_active, l,
+                *x.stride()[:3], *dt.stride(), *B.stride()[:3], *C.stride()[:3], *z_strides,
+                *D_strides, *dy.stride()[:3], *limits,
+                HAS_D=D is not None, HAS_Z=z is not None,
+                BLOCK_Q=block_q, BLOCK_P=max(16, min(32, triton.next_power_of_2(p))),
+                BLOCK_N=max(16, triton.next_power_of_2(state_size)), num_warps=8, **flags)
+    k = heads_per_group
+    heads = ((torch.arange(num_groups, device=x.device) * parent_per_group)[:, None]
+             + torch.arange(k, device=x.device)[None, :]).reshape(-1)
+    dB = dB_heads.view(b, l, num_groups, k, state_size).sum(3)
+    dC = dC_heads.view(b, l, num_groups, k, state_size).sum(3)
+    dA = torch.zeros(num_heads, **f32).index_add_(0, heads, dA_part.sum(0))
+    dD = None
+    if D is not None:
+        per_channel = dD_part.sum(0)  # (H', p)
+        dD = torch.zeros(D.shape, **f32)
+        if D.dim() == 2:
+            dD[heads, :p] = per_channel
+        else:
+            dD.index_add_(0, heads, per_channel.sum(1))
+    ddt_bias = None
+    if dt_bias is not None:
+        ddt_bias = torch.zeros(num_heads, **f32).index_add_(0, heads, ddt.sum((0, 1)))
+    return dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial
