@@ -109,8 +109,9 @@ class AxisRouter(nn.Module):
 class Gates:
     """Straight-through factors (value 1, gradient to the router) that carry the "hard" mode into
     a forward at a ``Budget``: ``hidden`` multiplies the embedding output, ``layers[i]`` the output
-    of layer i's mixer (None: nothing routed there). Equivalent to scaling the layer's prefix masks
-    by the chosen options' weights, since each mixer is linear in its masked activations' scale."""
+    of layer i's mixer (None: nothing routed there). Scaling a layer's output stands in for scaling
+    its prefix masks by the chosen options' weights: the forward value is unchanged, and the router
+    gets the gradient of the loss along that output."""
 
     hidden: torch.Tensor | None
     layers: tuple[torch.Tensor | None, ...]
