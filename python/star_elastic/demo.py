@@ -9,7 +9,8 @@
    (100 / 70 / 45 % of the active parameters), the frozen parent as teacher;
 5. zero-shot slicing of every budget (checked against the masked parent) and its export;
 6. evaluation of every budget and every (think, answer) pair: accuracy, tokens and latency, with
-   the answering budget re-prefilling prompt + thinking at the switch;
+   the answering budget re-prefilling prompt + thinking at the switch; then every mixed pair again
+   with the cache-transplant switch, to measure what that shortcut costs in accuracy;
 7. the cost of that one elastic run against distilling each smaller budget separately (same steps
    each), with the accuracy the separately distilled budgets reach;
 8. ``results.json``, ``results.md`` and ``pareto.png`` (accuracy against latency) in ``DIR``, and an
@@ -105,17 +106,20 @@ def train_parent(model: ElasticModel, tokens: torch.Tensor, mask: torch.Tensor,
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        history.append(float(loss))
+        history.append(loss.item())
     model.eval()
     return history
 
 
-def evaluate(model, tokenizer, examples, think_budget, answer_budget, *, max_new_tokens: int):
-    """Accuracy, mean generated tokens and mean seconds per problem for one (think, answer) pair."""
+def evaluate(model, tokenizer, examples, think_budget, answer_budget, *, max_new_tokens: int,
+             switch: str = "reprefill"):
+    """Accuracy, mean generated tokens and mean seconds per problem for one (think, answer) pair,
+    the answering budget taking over by ``switch`` (``"reprefill"`` or ``"transplant"``)."""
     prompts = [example.prompt for example in examples]
     start = time.perf_counter()
     results = generate(model, tokenizer, prompts, think_budget=think_budget,
-                       answer_budget=answer_budget, max_new_tokens=max_new_tokens, stop=("\n",))
+                       answer_budget=answer_budget, max_new_tokens=max_new_tokens, stop=("\n",),
+                       switch=switch)
     seconds = time.perf_counter() - start
     correct = sum(data.parse_answer(r.answer) == data.parse_answer(e.answer)
                   for r, e in zip(results, examples))
@@ -124,8 +128,9 @@ def evaluate(model, tokenizer, examples, think_budget, answer_budget, *, max_new
         "thinking_tokens": sum(r.thinking_tokens for r in results) / len(results),
         "answer_tokens": sum(r.answer_tokens for r in results) / len(results),
         "seconds_per_problem": seconds / len(examples),
-        "thinking_seconds": sum(r.thinking_seconds for r in results[:1]) / len(examples),
-        "switch_seconds": sum(r.switch_seconds for r in results[:1]) / len(examples),
+        # the phases run batched: every row carries its batch's phase time, so take one row's
+        "thinking_seconds": results[0].thinking_seconds / len(examples),
+        "switch_seconds": results[0].switch_seconds / len(examples),
     }
 
 
@@ -209,6 +214,19 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0) -> dict:
                                    max_new_tokens=max_new)
             pairs[f"{think_name}->{answer_name}"] = {"think": think_name, "answer": answer_name,
                                                      **metrics}
+    # The cache-transplant switch (the answering budget reuses the thinking budget's sliced or
+    # padded caches instead of re-prefilling) is approximate: measure what it costs per mixed pair.
+    transplant = {}
+    for key, pair in pairs.items():
+        if pair["think"] == pair["answer"]:
+            continue
+        with torch.no_grad():
+            metrics = evaluate(student, tokenizer, test_examples, budgets[pair["think"]],
+                               budgets[pair["answer"]], max_new_tokens=max_new, switch="transplant")
+        transplant[key] = {"think": pair["think"], "answer": pair["answer"], **metrics,
+                           "reprefill_accuracy": pair["accuracy"],
+                           "accuracy_cost": pair["accuracy"] - metrics["accuracy"],
+                           "reprefill_switch_seconds": pair["switch_seconds"]}
     with torch.no_grad():
         parent_metrics = evaluate(parent, tokenizer, test_examples, None, None, max_new_tokens=max_new)
     per_budget = {}
@@ -258,7 +276,8 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0) -> dict:
         "parent": {"final_loss": parent_losses[-1], "first_loss": parent_losses[0],
                    "params": dataclasses.asdict(parent_params), **parent_metrics},
         "permutation_max_abs_error": permutation_error,
-        "budgets": per_budget, "pairs": pairs, "training_cost": cost, "timings": timings,
+        "budgets": per_budget, "pairs": pairs, "transplant": transplant, "training_cost": cost,
+        "timings": timings,
         "think_small_answer_large": None if best_mixed is None else {
             **best_mixed,
             # Matching a model that solves nothing proves nothing: demand a non-zero full accuracy.
@@ -296,6 +315,14 @@ def render_markdown(results: dict) -> str:
         lines += ["", f"Best think-small / answer-large pair: {mixed['think']} -> {mixed['answer']}, "
                       f"{verdict} the full model's accuracy ({mixed['accuracy']:.1%}) at "
                       f"{mixed['latency_ratio_vs_full']:.2f}x its latency."]
+    lines += ["", "## Cache transplant instead of re-prefill at the switch", "",
+              "| think -> answer | accuracy (re-prefill) | accuracy (transplant) | cost | "
+              "switch s (re-prefill) | switch s (transplant) |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for key, t in results["transplant"].items():
+        lines.append(f"| {key} | {t['reprefill_accuracy']:.1%} | {t['accuracy']:.1%} | "
+                     f"{t['accuracy_cost']:+.1%} | {t['reprefill_switch_seconds']:.4f} | "
+                     f"{t['switch_seconds']:.4f} |")
     cost = results["training_cost"]
     lines += ["", "## Training cost", "",
               "| run | steps | seconds | budgets trained |", "| --- | --- | --- | --- |",

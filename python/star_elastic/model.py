@@ -12,6 +12,10 @@ unchanged: ``cache`` (decoding state, issue 8) and ``observer``, a callable
 ``"norm"`` block pre-norm output (b, l, d); ``"mamba_x"`` x branch of in_proj (b, l, G*k, p);
 ``"attention_heads"`` per-head attention output, the o_proj input (b, l, Hkv*q, head_dim);
 ``"mlp_neurons"`` ReLU² activations, the down_proj input (b, l, f); ``"moe_tokens"`` the MoE input (T, d).
+
+The Mamba and MoE mixers call the library's registered ops (``star_elastic_kernels.ssd_scan``,
+``moe_ffn``, ...), so the backend rules apply: CUDA tensors run the CUDA/Triton kernels, CPU tensors
+the PyTorch reference; ``star_elastic_kernels.use_backend`` or ``$STAR_ELASTIC_BACKEND`` choose.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from star_elastic_kernels.reference.moe import moe_ffn, moe_route, relu2
-from star_elastic_kernels.reference.ssm import (active_head_index, causal_conv1d, causal_conv1d_update,
-                                                gated_rmsnorm, ssd_scan, ssd_state_update)
+import star_elastic_kernels as sek
+from star_elastic_kernels.reference.moe import relu2
+from star_elastic_kernels.reference.ssm import active_head_index
 
 from .budget import Budget, LayerWidths, ResolvedBudget
 from .cache import InferenceCache
@@ -104,8 +108,9 @@ class GatedGroupRMSNorm(nn.Module):
 
     def forward(self, y, z, heads_per_group: int, head_dim: int):
         """y, z (..., G*k*p) -> (..., G*k*p)."""
-        return gated_rmsnorm(y, z, self.weight, eps=self.eps, group_size=self.group_size,
-                             heads_per_group=heads_per_group, head_dim=head_dim, num_heads=self.num_heads)
+        return sek.gated_rmsnorm(y, z, self.weight, eps=self.eps, group_size=self.group_size,
+                                 heads_per_group=heads_per_group, head_dim=head_dim,
+                                 num_heads=self.num_heads)
 
 
 class MambaMixer(nn.Module):
@@ -151,10 +156,11 @@ class MambaMixer(nn.Module):
             y = self._conv_and_scan_cached(torch.cat([xs, bc], dim=-1), dt, k, p, cache.layers[layer_index],
                                            cache.step_mask)
         else:
-            xbc = causal_conv1d(torch.cat([xs, bc], dim=-1), self.conv1d.weight[:, 0], self.conv1d.bias,
-                                activation="silu", num_heads=H, num_groups=G, heads_per_group=k, head_dim=p)
+            xbc = sek.causal_conv1d(torch.cat([xs, bc], dim=-1), self.conv1d.weight[:, 0], self.conv1d.bias,
+                                    activation="silu", num_heads=H, num_groups=G, heads_per_group=k,
+                                    head_dim=p)
             xs, B, C = xbc.split([G * k * p, G * N, G * N], dim=-1)
-            y = ssd_scan(
+            y = sek.ssd_scan(
                 xs.view(b, l, G * k, p), dt, -torch.exp(self.A_log.float()),
                 B.view(b, l, G, N), C.view(b, l, G, N),
                 chunk_size=self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
@@ -196,11 +202,14 @@ class MambaMixer(nn.Module):
             if rows is not None and rows.numel() == 0:
                 return xbc.new_zeros(b, 1, G * k, p)
             x_now, dt_now = (xbc[:, 0], dt[:, 0]) if rows is None else (xbc[rows, 0], dt[rows, 0])
-            conv_out = causal_conv1d_update(x_now, state.conv, self.conv1d.weight[:, 0], self.conv1d.bias,
-                                            activation="silu", state_indices=rows, **slice_args)
+            # rows come from nonzero(): in range and distinct, so the ops need not check them
+            conv_out = sek.causal_conv1d_update(
+                x_now, state.conv, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu",
+                state_indices=rows, check_state_indices=False, **slice_args)
             xs, B, C = conv_out.split([G * k * p, G * N, G * N], dim=-1)
-            y_rows = ssd_state_update(state.ssm, xs.reshape(-1, G * k, p), dt_now, A, B.reshape(-1, G, N),
-                                      C.reshape(-1, G, N), state_indices=rows, **scan_args)
+            y_rows = sek.ssd_state_update(
+                state.ssm, xs.reshape(-1, G * k, p), dt_now, A, B.reshape(-1, G, N), C.reshape(-1, G, N),
+                state_indices=rows, check_state_indices=False, **scan_args)
             if rows is None:
                 return y_rows[:, None]
             y = y_rows.new_zeros(b, G * k, p)  # frozen rows: an output nobody reads
@@ -212,13 +221,13 @@ class MambaMixer(nn.Module):
         channels = torch.cat([x_channels, torch.arange(H * P, H * P + 2 * G * N, device=xbc.device)])
         if step_mask is not None:  # left padding: zero inputs keep a fresh row's conv and SSM state at zero
             xbc = torch.where(step_mask[..., None], xbc, torch.zeros((), dtype=xbc.dtype, device=xbc.device))
-        xbc, conv_final = causal_conv1d(xbc, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu",
-                                        initial_states=state.conv[:, channels].to(xbc.dtype),
-                                        return_final_states=True, **slice_args)
+        xbc, conv_final = sek.causal_conv1d(xbc, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu",
+                                            initial_states=state.conv[:, channels].to(xbc.dtype),
+                                            return_final_states=True, **slice_args)
         xs, B, C = xbc.split([G * k * p, G * N, G * N], dim=-1)
         if step_mask is not None:  # the padded positions' conv outputs are silu(bias), not zero
             xs = torch.where(step_mask[..., None], xs, torch.zeros((), dtype=xs.dtype, device=xs.device))
-        y, ssm_final = ssd_scan(
+        y, ssm_final = sek.ssd_scan(
             xs.reshape(b, l, G * k, p), dt, A, B.reshape(b, l, G, N), C.reshape(b, l, G, N),
             chunk_size=self.chunk_size, initial_states=state.ssm[:, heads, :p].float(),
             return_final_states=True, **scan_args,
@@ -347,15 +356,15 @@ class MoEMixer(nn.Module):
         e, d = widths.moe_experts, tokens.shape[-1]
         logits = F.linear(tokens.float(), self.gate.weight[:e, :d].float())  # (T, e)
         if expert_mask is None:
-            return moe_route(logits, top_k=self.top_k, score="sigmoid",
-                             correction_bias=self.gate.e_score_correction_bias, num_experts=e,
-                             renormalize=self.renormalize, scaling=self.scaling)
+            return sek.moe_route(logits, top_k=self.top_k, score="sigmoid",
+                                 correction_bias=self.gate.e_score_correction_bias, num_experts=e,
+                                 renormalize=self.renormalize, scaling=self.scaling)
         multipliers = expert_mask[:e].float()
         bias = self.gate.e_score_correction_bias
-        weights, ids = moe_route(logits, top_k=self.top_k, score="sigmoid",
-                                 correction_bias=None if bias is None else bias[:e],
-                                 expert_mask=multipliers.detach() > 0, renormalize=self.renormalize,
-                                 scaling=self.scaling)
+        weights, ids = sek.moe_route(logits, top_k=self.top_k, score="sigmoid",
+                                     correction_bias=None if bias is None else bias[:e],
+                                     expert_mask=multipliers.detach() > 0,
+                                     renormalize=self.renormalize, scaling=self.scaling)
         return weights * multipliers[ids.long()], ids
 
     def forward(self, x, widths: LayerWidths, layer_index: int, cache=None, observer=None, masks=None):
@@ -370,7 +379,7 @@ class MoEMixer(nn.Module):
             down = down * masks["moe_expert_width"].to(down.dtype)
             if shared is not None:
                 shared_down = shared_down * masks["moe_shared_width"].to(shared_down.dtype)
-        out = moe_ffn(
+        out = sek.moe_ffn(
             tokens, self.experts.up_proj, down, weights, ids, activation="relu2",
             ffn_width=widths.moe_expert_width, hidden_width=x.shape[-1],
             shared_up=None if shared is None else shared.up_proj.weight,

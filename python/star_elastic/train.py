@@ -135,7 +135,8 @@ def _world() -> tuple[int, int]:
 
 class ElasticObjective(nn.Module):
     """Student + router as one module, so data parallelism wraps (and syncs) both; ``forward``
-    returns the loss of one shard and per-budget KD sums for logging.
+    returns the loss of one shard and, for logging, per-budget KD sums, sample counts and the cost
+    fractions of the sampled architectures.
 
     With ``router=None`` the budgets are fixed (``budgets``, one per name; QAD uses this)."""
 
@@ -153,12 +154,13 @@ class ElasticObjective(nn.Module):
         return len(self.fixed_budgets) if self.router is None else len(self.router.budget_names)
 
     def architecture(self, b: int, *, step: int, seed: int, tau: float, scale: float):
-        """Forward keywords (budget, gates, masks) and the router loss of budget ``b`` at this step.
+        """Forward keywords (budget, gates, masks), the router loss and the cost fraction (of the
+        parent's parameters; 1 for fixed budgets) of budget ``b``'s architecture at this step.
 
         Hard mode: the sampled budget with straight-through gates. Soft mode: the full width with
         the probability-weighted prefix masks of every axis."""
         if self.router is None:
-            return {"budget": self.fixed_budgets[b]}, torch.zeros(())
+            return {"budget": self.fixed_budgets[b]}, torch.zeros(()), torch.ones(())
         # Every rank samples every budget's architecture from the same generator, so the router
         # sees the same decisions everywhere, whatever this shard holds.
         decision = self.router.sample(b, tau=tau, scale=scale, generator=_generator(seed, step, b))
@@ -168,7 +170,8 @@ class ElasticObjective(nn.Module):
         else:
             forward = {"budget": decision.budget(config),
                        "gates": decision.gates(config.num_layers, config.layer_pattern)}
-        return forward, self.router.loss(decision, b)
+        fraction = self.router.expected_cost(decision) / self.router.parent_cost
+        return forward, self.router.loss(decision, b), fraction.detach().float().cpu()
 
     def forward(self, tokens, mask, teacher_logits, budget_ids, *, step: int, seed: int,
                 tau: float, scale: float, temperature: float, ce_weight: float,
@@ -184,9 +187,11 @@ class ElasticObjective(nn.Module):
         loss = tokens.new_zeros((), dtype=torch.float32)
         kd_sums = torch.zeros(self.num_budgets)
         counts = torch.zeros(self.num_budgets)
+        costs = torch.zeros(self.num_budgets)
         for b in range(self.num_budgets):
             rows = (budget_ids == b).nonzero().flatten()
-            forward, router_loss = self.architecture(b, step=step, seed=seed, tau=tau, scale=scale)
+            forward, router_loss, costs[b] = self.architecture(b, step=step, seed=seed, tau=tau,
+                                                               scale=scale)
             # A shard without samples of this budget still runs it once, weighted 0: every rank
             # must make the same forward calls (FSDP gathers parameters in each one).
             weight = 1.0 if rows.numel() else 0.0
@@ -201,7 +206,7 @@ class ElasticObjective(nn.Module):
             loss = loss + weight * (per_sample.sum() + router_lambda * router_loss * rows.numel()) / total_samples
             kd_sums[b] = weight * per_sample.detach().sum()
             counts[b] = weight * rows.numel()
-        return loss, kd_sums, counts
+        return loss, kd_sums, counts, costs
 
 
 class ElasticDistillationTrainer:
@@ -258,7 +263,8 @@ class ElasticDistillationTrainer:
         stage = self.config.stage_at(step)
         generator = _generator(self.config.seed, step, micro, 1)
         rows = torch.randint(0, self.tokens.shape[0], (stage.batch_size,), generator=generator)
-        weights = torch.tensor(stage.budget_weights or [1.0] * len(self.config.budget_names))
+        weights = torch.tensor(stage.budget_weights or [1.0] * len(self.config.budget_names),
+                               dtype=torch.float64)
         budget_ids = torch.multinomial(weights, stage.batch_size, replacement=True,
                                        generator=generator)
         shard = slice(self.rank, None, self.world)
@@ -285,7 +291,7 @@ class ElasticDistillationTrainer:
                 teacher_logits = self._teacher_logits(tokens, budget_ids)
             autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=tokens.is_cuda)
             with autocast:
-                loss, sums, n = self.model(
+                loss, sums, n, costs = self.model(
                     tokens, mask, teacher_logits, budget_ids, step=step, seed=config.seed,
                     tau=tau, scale=scale, temperature=config.kd_temperature,
                     ce_weight=config.ce_weight, router_lambda=config.router_lambda,
@@ -305,6 +311,9 @@ class ElasticDistillationTrainer:
                    "lr": config.lr * multiplier}
         for b, name in enumerate(config.budget_names):
             metrics[f"kd/{name}"] = float(kd_sums[b] / counts[b]) if counts[b] > 0 else None
+        if self.objective.router is not None:
+            for b, name in enumerate(config.budget_names):
+                metrics[f"cost/{name}"] = float(costs[b])
         self.step += 1
         return metrics
 

@@ -6,6 +6,18 @@ from star_elastic.config import ElasticConfig
 from star_elastic.model import ElasticModel
 
 
+def toy_config(**overrides) -> ElasticConfig:
+    """A router/trainer-sized config (hidden 64, width granularity 8): enough width choices per axis
+    for budgets such as 70% and 45% to differ, still trainable in seconds."""
+    fields = dict(layer_pattern="M*-EM-", vocab_size=64, hidden_size=64, mamba_num_heads=8,
+                  mamba_head_dim=16, mamba_num_groups=2, mamba_state_size=8,
+                  num_attention_heads=4, num_key_value_heads=2, attention_head_dim=16,
+                  mlp_intermediate_size=128, moe_num_experts=8, moe_top_k=2,
+                  moe_intermediate_size=32, moe_shared_intermediate_size=32, width_granularity=8)
+    fields.update(overrides)
+    return ElasticConfig(**fields)
+
+
 def tiny_config(pattern: str = "M*E-M", **overrides) -> ElasticConfig:
     """A small hybrid config exercising every layer kind (hidden 32, 2 Mamba groups, 2 KV heads)."""
     fields = dict(

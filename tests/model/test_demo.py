@@ -35,10 +35,17 @@ def test_quick_demo_covers_every_budget_and_pair(tmp_path):
     assert results["permutation_max_abs_error"] < 1e-4
     assert results["budgets"]["100%"]["active_fraction"] == 1.0
     assert results["budgets"]["45%"]["active_params"] < results["budgets"]["100%"]["active_params"]
+    mixed = {key for key, p in results["pairs"].items() if p["think"] != p["answer"]}
+    assert set(results["transplant"]) == mixed and len(mixed) == 6
+    for key, t in results["transplant"].items():
+        assert 0.0 <= t["accuracy"] <= 1.0
+        assert t["reprefill_accuracy"] == results["pairs"][key]["accuracy"]
+        assert t["accuracy_cost"] == pytest.approx(t["reprefill_accuracy"] - t["accuracy"])
     cost = results["training_cost"]
     assert set(cost["separate_runs"]) == {"70%", "45%"} and cost["elastic_run"]["seconds"] > 0
     markdown = (tmp_path / "results.md").read_text()
     assert all(f"| {a}->{b} |" in markdown for a in budgets for b in budgets)
+    assert "Cache transplant" in markdown
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "elastic" / "budgets.json").exists()
     for name in budgets:

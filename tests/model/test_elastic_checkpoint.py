@@ -6,7 +6,7 @@ import torch
 from star_elastic import Budget, ElasticModel, LayerBudget
 from star_elastic.data import load_tokenizer
 from star_elastic.elastic_checkpoint import load_elastic, save_elastic
-from tests.model.test_router import toy_config
+from tests.model.helpers import toy_config
 
 
 def test_budget_dict_round_trip():

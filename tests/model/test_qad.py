@@ -8,7 +8,7 @@ from star_elastic import Budget, ElasticModel, data
 from star_elastic.losses import kd_loss
 from star_elastic.qad import apply_fake_quantization, quantized_weight_names, remove_fake_quantization
 from star_elastic.train import ElasticDistillationTrainer, Stage, TrainConfig, make_student
-from tests.model.test_router import toy_config
+from tests.model.helpers import toy_config
 
 BUDGETS = {"full": Budget(), "half": Budget(hidden_size=32, mlp_width=64, moe_expert_width=16,
                                             mamba_head_dim=16, moe_experts=4)}

@@ -4,19 +4,9 @@ import pytest
 import torch
 
 from star_elastic import schedules
-from star_elastic.config import ElasticConfig
 from star_elastic.params import parameter_count
 from star_elastic.router import ElasticRouter, width_choices
-
-
-def toy_config(**overrides):
-    fields = dict(layer_pattern="M*-EM-", vocab_size=64, hidden_size=64, mamba_num_heads=8,
-                  mamba_head_dim=16, mamba_num_groups=2, mamba_state_size=8,
-                  num_attention_heads=4, num_key_value_heads=2, attention_head_dim=16,
-                  mlp_intermediate_size=128, moe_num_experts=8, moe_top_k=2,
-                  moe_intermediate_size=32, moe_shared_intermediate_size=32, width_granularity=8)
-    fields.update(overrides)
-    return ElasticConfig(**fields)
+from tests.model.helpers import toy_config
 
 
 def test_width_choices():

@@ -17,7 +17,7 @@ from star_elastic.checkpoint import load_checkpoint, latest_checkpoint
 from star_elastic.losses import kd_loss
 from star_elastic.router import ElasticRouter
 from star_elastic.train import ElasticDistillationTrainer, Stage, TrainConfig, make_student
-from tests.model.test_router import toy_config
+from tests.model.helpers import toy_config
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny_train.toml"
@@ -34,8 +34,9 @@ def test_config_validation():
         TrainConfig(stages=[Stage("s", 1, 1, 2)], **base)
     parsed = TrainConfig.from_dict({**base, "stages": [
         {"name": "s", "steps": 3, "seq_len": 8, "batch_size": 2, "budget_weights": "uniform"},
-        {"name": "t", "steps": 2, "seq_len": 8, "batch_size": 2, "budget_weights": [0.7, 0.3]}]})
-    assert parsed.total_steps == 5 and parsed.stage_at(3).name == "t"
+        {"name": "t", "steps": 2, "seq_len": 8, "batch_size": 2, "budget_weights": [0.7, 0.3]},
+        {"name": "u", "steps": 1, "seq_len": 8, "batch_size": 2, "budget_weights": [2, 1]}]})
+    assert parsed.total_steps == 6 and parsed.stage_at(3).name == "t"
     assert parsed.stages[0].budget_weights is None and parsed.stages[1].budget_weights == (0.7, 0.3)
 
 
@@ -74,7 +75,9 @@ def test_tiny_elastic_run_lowers_the_distillation_loss_of_every_budget(tmp_path)
         assert after[name] < 0.8 * before[name], (name, before[name], after[name])
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(12))
-    assert {"kd/full", "kd/70%", "kd/45%", "loss", "lr", "tau"} <= set(metrics[-1])
+    assert {"kd/full", "kd/70%", "kd/45%", "cost/full", "cost/70%", "cost/45%", "loss", "lr",
+            "tau"} <= set(metrics[-1])
+    assert metrics[-1]["cost/full"] == 1.0 and 0 < metrics[-1]["cost/45%"] < 1
 
 
 def run_cli(out: Path, *extra: str) -> subprocess.Popen:
@@ -139,3 +142,102 @@ def test_two_cpu_ranks_match_one_rank(tmp_path, strategy, one_rank_run):
     two = json.loads((tmp_path / "two" / "history.json").read_text())
     for a, b in zip(one, two):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
+
+
+def _tiny_trainer(tmp_path, *, batch_size, grad_accum, mask_mode="hard", steps=1, seed=0,
+                  budget_weights=None):
+    """A trainer over a fixed toy parent and data; returns (trainer, tokens, mask)."""
+    torch.manual_seed(seed)
+    config = toy_config(vocab_size=32)
+    teacher = ElasticModel(config)
+    student = make_student(teacher)
+    with torch.no_grad():
+        for parameter in student.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.03)
+    tokenizer = data.load_tokenizer("char")
+    tokens, mask = data.encode_batch(
+        tokenizer, [e.text for e in data.arithmetic_examples(64, seed=1)], 32)
+    train_config = TrainConfig(
+        stages=[Stage("only", steps, 24, batch_size, budget_weights)],
+        budget_names=("full", "70%", "45%"),
+        budget_targets=(1.0, 0.7, 0.45), lr=3e-3, warmup_steps=0, grad_accum=grad_accum,
+        mask_mode=mask_mode, out_dir=str(tmp_path), progress=False)
+    router = ElasticRouter(config, train_config.budget_names, train_config.budget_targets)
+    return ElasticDistillationTrainer(teacher, student, router, tokens, mask, train_config)
+
+
+def test_gradient_accumulation_equals_one_large_batch(tmp_path):
+    """Two micro-batches of 4 accumulate to the update of one batch of the same 8 samples."""
+    rows = torch.arange(8)
+    budget_ids = torch.tensor([0, 1, 2, 0, 1, 2, 2, 1])
+
+    def fixed_batches(trainer, micro_size):
+        def batch(step, micro):
+            picked = rows[micro * micro_size:(micro + 1) * micro_size]
+            return (trainer.tokens[picked, :24], trainer.mask[picked, :24],
+                    budget_ids[micro * micro_size:(micro + 1) * micro_size],
+                    trainer.config.stage_at(step))
+        trainer._batch = batch
+
+    large = _tiny_trainer(tmp_path / "large", batch_size=8, grad_accum=1)
+    accumulated = _tiny_trainer(tmp_path / "accumulated", batch_size=4, grad_accum=2)
+    fixed_batches(large, 8)
+    fixed_batches(accumulated, 4)
+    # Compare the gradients the optimizer receives (Adam's first step is about lr * sign(grad),
+    # which would turn rounding differences of near-zero gradients into full-size ones).
+    grads = {}
+    for run, trainer in (("large", large), ("accumulated", accumulated)):
+        def capture(run=run, trainer=trainer):
+            grads[run] = [p.grad.clone() for p in trainer.objective.parameters()]
+        trainer.optimizer.step = capture
+    one = large.train_step()
+    two = accumulated.train_step()
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    for name in ("kd/full", "kd/70%", "kd/45%"):
+        assert two[name] == pytest.approx(one[name], rel=1e-5)
+    names = [name for name, _ in large.objective.named_parameters()]
+    assert any(g.abs().sum() > 0 for g in grads["large"])
+    for name, a, b in zip(names, grads["large"], grads["accumulated"]):
+        assert torch.allclose(a, b, atol=1e-7, rtol=1e-4), (name, (a - b).abs().max())
+    # and accumulation is not a no-op: the first micro-batch alone gives a different gradient
+    half = _tiny_trainer(tmp_path / "half", batch_size=4, grad_accum=1)
+    fixed_batches(half, 4)
+    half.optimizer.step = lambda: grads.__setitem__("half", [p.grad.clone() for p in half.objective.parameters()])
+    half.train_step()
+    assert not all(torch.allclose(a, b, atol=1e-7, rtol=1e-4) for a, b in zip(grads["half"], grads["large"]))
+
+
+def test_integer_budget_weights_draw_every_budget(tmp_path):
+    trainer = _tiny_trainer(tmp_path, batch_size=64, grad_accum=1, budget_weights=(2, 1, 1))
+    _, _, budget_ids, _ = trainer._batch(0, 0)
+    counts = torch.bincount(budget_ids, minlength=3)
+    assert counts.sum() == 64 and counts.min() > 0 and counts[0] > counts[2]
+
+
+def test_tensorboard_receives_every_metric(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = _tiny_trainer(tmp_path, batch_size=6, grad_accum=1, steps=3)
+    history = trainer.train()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "lr", "tau", "scale", "kd/full", "kd/70%", "kd/45%"} <= tags
+    logged = [(e.step, e.value) for e in events.Scalars("loss")]
+    assert [step for step, _ in logged] == [0, 1, 2]
+    assert [value for _, value in logged] == pytest.approx([m["loss"] for m in history], rel=1e-6)
+
+
+def test_soft_mask_training_run_lowers_every_budgets_loss_and_trains_the_router(tmp_path):
+    trainer = _tiny_trainer(tmp_path, batch_size=8, grad_accum=1, mask_mode="soft", steps=12)
+    router_before = [p.detach().clone() for p in trainer.objective.router.parameters()]
+    first = trainer.train(steps=3)
+    history = trainer.train()
+    assert len(history) == 12
+    for name in ("kd/full", "kd/70%", "kd/45%"):
+        early = [m[name] for m in first if m[name] is not None]
+        late = [m[name] for m in history[-3:] if m[name] is not None]
+        assert early and late and sum(late) / len(late) < sum(early) / len(early), name
+    moved = [not torch.equal(a, b) for a, b in zip(router_before, trainer.objective.router.parameters())]
+    assert any(moved)
+    assert set(trainer.trained_budgets()) == {"full", "70%", "45%"}
