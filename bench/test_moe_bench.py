@@ -1,5 +1,7 @@
 """Nemotron v3 MoE layer (E=128, top-6, D=2688, F=1856, ReLU², bf16): our Triton fused expert FFN
-and our CUTLASS grouped-GEMM composition (backend "cuda") against ``torch._grouped_mm`` (when this torch has it) and the per-expert loop (the reference), at
+and our CUTLASS grouped-GEMM composition (backend "cuda") against ``torch._grouped_mm`` (when this
+torch has it), a vLLM-style fused Triton MoE (bench/baselines/fused_moe_vllm_style.py: vLLM's
+published design with its default tile configs) and the per-expert loop (the reference), at
 decode (T = 1, 8, 64) and prefill (T = 4096, 16384) sizes and at 100/75/50% of the experts and of
 the expert-FFN width (the elastic submodels; weights stay the parent's and are read in place).
 
@@ -12,11 +14,12 @@ import pytest
 import torch
 
 import star_elastic_kernels as sek
+from baselines import fused_moe_vllm_style  # bench/ is on sys.path (rootdir-relative import)
 
 E, TOP_K, D, F = 128, 6, 2688, 1856
 TOKENS = [1, 8, 64, 4096, 16384]
 FRACTIONS = [1.0, 0.75, 0.5]
-PROVIDERS = ["triton", "cuda-cutlass", "torch-grouped-mm", "per-expert-loop"]
+PROVIDERS = ["triton", "cuda-cutlass", "vllm-style-triton", "torch-grouped-mm", "per-expert-loop"]
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +69,9 @@ def test_moe_ffn_nemotron(gpu_bench, benchmark, parent_layer, tokens, fraction, 
             fn()
         except RuntimeError as error:  # e.g. a build or GPU without the grouped GEMM kernels
             pytest.skip(f"torch._grouped_mm failed here: {error}")
+    elif provider == "vllm-style-triton":
+        fn = lambda: fused_moe_vllm_style.fused_experts(  # noqa: E731
+            hidden, w_up, w_down, weights, ids, ffn_width=r)
     else:
         backend = {"triton": "triton", "cuda-cutlass": "cuda"}.get(provider, "torch")
         if backend == "cuda" and not sek._extension.has_op("_moe_grouped_gemm"):
@@ -82,10 +88,17 @@ def test_moe_ffn_nemotron(gpu_bench, benchmark, parent_layer, tokens, fraction, 
     benchmark.extra_info["compute_floor_fraction_989tflops"] = flops / 989e12 / (ms * 1e-3)
 
 
-@pytest.mark.parametrize("provider", ["triton", "torch"])
+def _skip_without(op):
+    if not sek._extension.has_op(op):
+        pytest.skip(f"the CUDA extension lacks {op} (not built here)")
+
+
+@pytest.mark.parametrize("provider", ["cuda", "triton", "torch"])
 @pytest.mark.parametrize("tokens", [64, 16384])
 def test_moe_route_nemotron(gpu_bench, benchmark, tokens, provider):
     benchmark.group = f"moe_route[T={tokens}, E={E}, top-{TOP_K}]"
+    if provider == "cuda":
+        _skip_without("_moe_route")
     logits = torch.randn(tokens, E, device="cuda")
     bias = torch.randn(E, device="cuda") * 0.01
     fn = lambda: sek.moe_route(logits, top_k=TOP_K, correction_bias=bias, scaling=2.5,  # noqa: E731
@@ -93,10 +106,12 @@ def test_moe_route_nemotron(gpu_bench, benchmark, tokens, provider):
     gpu_bench(fn, bytes_moved=logits.numel() * 4 + tokens * TOP_K * 8)
 
 
-@pytest.mark.parametrize("provider", ["triton", "torch"])
+@pytest.mark.parametrize("provider", ["cuda", "triton", "torch"])
 @pytest.mark.parametrize("tokens", [64, 16384])
 def test_moe_align_nemotron(gpu_bench, benchmark, tokens, provider):
     benchmark.group = f"moe_align[T={tokens}, E={E}, top-{TOP_K}]"
+    if provider == "cuda":
+        _skip_without("_moe_align")
     ids = torch.stack([torch.randperm(E, device="cuda")[:TOP_K] for _ in range(min(tokens, 64))])
     ids = ids.repeat(tokens // ids.shape[0], 1).to(torch.int32)
     fn = lambda: sek.moe_align(ids, E, 64, backend=provider)  # noqa: E731

@@ -57,9 +57,9 @@ def _prefill_data(shape: str, tokens: int, width: float):
     return data, heads, k, floor
 
 
-def _ours(d, k):
+def _ours(d, k, backend="triton"):
     return lambda: sek.ssd_scan(d["x"], d["dt"], d["A"], d["B"], d["C"], chunk_size=128, D=d["D"],
-                                dt_bias=d["dt_bias"], dt_softplus=True, heads_per_group=k, backend="triton")
+                                dt_bias=d["dt_bias"], dt_softplus=True, heads_per_group=k, backend=backend)
 
 
 def _theirs(d, heads):
@@ -71,21 +71,21 @@ def _theirs(d, heads):
 
 @pytest.mark.parametrize("shape,tokens", PREFILL, ids=[f"{s}-{t // 1024}k" for s, t in PREFILL])
 @pytest.mark.parametrize("width", WIDTHS, ids=[f"{int(w * 100)}pct" for w in WIDTHS])
-@pytest.mark.parametrize("provider", ["triton", "mamba-ssm"])
+@pytest.mark.parametrize("provider", ["triton", "cuda", "mamba-ssm"])
 def test_ssd_scan_prefill(gpu_bench, benchmark, shape, tokens, width, provider):
     benchmark.group = f"ssd_scan[{shape}, {tokens} tokens, bf16]"
     d, heads, k, floor = _prefill_data(shape, tokens, width)
-    fn = _ours(d, k) if provider == "triton" else _theirs(d, heads)
+    fn = _theirs(d, heads) if provider == "mamba-ssm" else _ours(d, k, provider)
     ms = gpu_bench(fn, bytes_moved=floor, floor_bytes=floor)
     benchmark.extra_info.update(heads_per_group=k, width=width, tokens=tokens)
-    if provider == "triton":
+    if provider != "mamba-ssm":
         try:
             benchmark.extra_info["speedup_vs_mamba"] = _do_bench(_theirs(d, heads)) / ms
         except pytest.skip.Exception:
             benchmark.extra_info["speedup_vs_mamba"] = None
         if width != 1.0:
             full, _, k_full, _ = _prefill_data(shape, tokens, 1.0)
-            benchmark.extra_info["time_vs_full_width"] = ms / _do_bench(_ours(full, k_full))
+            benchmark.extra_info["time_vs_full_width"] = ms / _do_bench(_ours(full, k_full, provider))
 
 
 DECODE = [(batch, 1.0, provider) for batch in (1, 64, 256) for provider in ("cuda", "triton", "mamba-ssm")]

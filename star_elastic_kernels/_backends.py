@@ -8,7 +8,8 @@ Each op has up to three backends:
 
 The backend of a call is, in order of precedence: the op's ``backend=`` argument, the innermost
 :func:`use_backend` context, the environment variable ``STAR_ELASTIC_BACKEND``, else ``"auto"``.
-``"auto"`` picks cuda > triton > torch for CUDA tensors (the first one available for the call) and
+``"auto"`` picks, for CUDA tensors, the first backend available for the call in the op's
+preference order (``OpSpec.backends``: cuda > triton > torch unless the op lists otherwise), and
 torch for CPU tensors. An explicitly requested backend that cannot run the call raises
 :class:`BackendUnavailableError` saying why and how to get it; it never falls back silently.
 """
@@ -77,6 +78,7 @@ def triton_interpreter_enabled() -> bool:
 class OpSpec:
     """What one op implements, for backend selection and ``python -m star_elastic_kernels.info``.
 
+    ``backends`` is also the order ``"auto"`` tries them in on CUDA tensors (fastest first).
     ``cuda_ops`` names the private ops of ``_C`` the cuda backend needs. ``triton_cpu_dtypes`` are
     the dtypes the Triton interpreter handles correctly (it mishandles bf16 and fp8 arithmetic).
     ``supports`` may veto a backend for a particular call: it returns a reason or None.
@@ -160,8 +162,8 @@ def select_backend(
     if wanted == "auto":
         if device.type != "cuda":
             return "torch"
-        for backend in BACKENDS:
-            if backend in spec.backends and unavailable_reason(spec, backend, device, dtype) is None:
+        for backend in spec.backends:
+            if unavailable_reason(spec, backend, device, dtype) is None:
                 return backend
         return "torch"
     reason = unavailable_reason(spec, wanted, device, dtype)

@@ -144,3 +144,13 @@ def test_extension_is_built_for_hopper_with_every_fp8_op():
     assert _extension.build_info()["cutlass_version"].startswith("4.")
     for spec in _backends.registered_ops().values():
         assert all(_extension.has_op(op) for op in spec.cuda_ops), spec.name
+
+
+def test_auto_follows_each_ops_preference_order_on_cuda_tensors():
+    # No GPU needed: for a CUDA device the triton and torch backends need nothing but Triton.
+    cuda = torch.device("cuda")
+    reference_first = _backends.OpSpec("order_probe_a", backends=("torch", "triton"))
+    triton_first = _backends.OpSpec("order_probe_b", backends=("triton", "torch"))
+    assert _backends.select_backend(reference_first, cuda, torch.float32) == "torch"
+    assert _backends.select_backend(triton_first, cuda, torch.float32) == "triton"
+    assert _backends.registered_ops()["ssd_scan"].backends[0] == "triton"

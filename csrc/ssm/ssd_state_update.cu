@@ -10,45 +10,17 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "ssm/float_access.cuh"
+
 namespace star_elastic::ssm {
 namespace {
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 
-template <typename T>
-__device__ __forceinline__ float to_float(T v);
-template <>
-__device__ __forceinline__ float to_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-// Small per-head parameters come in any float dtype; a runtime switch keeps the template count low.
-__device__ __forceinline__ float load_param(const void* base, DType type, int64_t offset) {
-  switch (type) {
-    case DType::kFloat16:
-      return __half2float(static_cast<const __half*>(base)[offset]);
-    case DType::kBFloat16:
-      return __bfloat162float(static_cast<const __nv_bfloat16*>(base)[offset]);
-    default:
-      return static_cast<const float*>(base)[offset];
-  }
-}
+using detail::from_float;
+using detail::load_float;
+using detail::to_float;
 
 template <typename StateT, typename ActT>
 __global__ void __launch_bounds__(kThreads)
@@ -73,11 +45,11 @@ __global__ void __launch_bounds__(kThreads)
     C_shared[n] = to_float(C[n]);
   }
 
-  float dt = load_param(p.dt, p.dt_type, row * p.dt_stride_b + head * p.dt_stride_h);
-  if (p.dt_bias != nullptr) dt += load_param(p.dt_bias, p.dt_bias_type, parent_head * p.dt_bias_stride);
+  float dt = load_float(p.dt, p.dt_type, row * p.dt_stride_b + head * p.dt_stride_h);
+  if (p.dt_bias != nullptr) dt += load_float(p.dt_bias, p.dt_bias_type, parent_head * p.dt_bias_stride);
   if (p.dt_softplus) dt = dt <= 20.0f ? log1pf(expf(dt)) : dt;
   dt = fminf(fmaxf(dt, p.dt_min), p.dt_max);
-  const float decay = expf(dt * load_param(p.A, p.A_type, parent_head * p.A_stride));
+  const float decay = expf(dt * load_float(p.A, p.A_type, parent_head * p.A_stride));
   __syncthreads();
 
   const int warp = threadIdx.x / 32;
@@ -100,7 +72,7 @@ __global__ void __launch_bounds__(kThreads)
     if (lane == 0) {
       float out = acc;
       if (p.D != nullptr)
-        out += load_param(p.D, p.D_type, parent_head * p.D_stride_h + c * p.D_stride_p) * xc;
+        out += load_float(p.D, p.D_type, parent_head * p.D_stride_h + c * p.D_stride_p) * xc;
       if (p.z != nullptr) {
         const float z = to_float(static_cast<const ActT*>(p.z)[row * p.z_stride_b +
                                                                head * p.z_stride_h + c]);

@@ -142,7 +142,7 @@ def _elastic_config(settings: DemoSettings, out: Path, seq_len: int, **overrides
                       (0.5, 0.3, 0.2))],
         budget_names=tuple(name for name, _ in BUDGETS),
         budget_targets=tuple(target for _, target in BUDGETS),
-        lr=5e-4, router_lr=1e-2, warmup_steps=5, out_dir=str(out), ce_weight=0.0)
+        lr=1e-3, router_lr=1e-2, warmup_steps=5, out_dir=str(out), ce_weight=0.0)
     fields.update(overrides)
     return TrainConfig(**fields)
 

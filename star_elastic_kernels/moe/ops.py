@@ -3,8 +3,11 @@
 Order of this file: backend launchers, the registered ops (``star_elastic::moe_*`` and
 ``star_elastic::grouped_gemm*``) with their fake implementations and autograd, then the public
 wrappers :func:`moe_route`, :func:`moe_align`, :func:`grouped_gemm` and :func:`moe_ffn`, which check
-every argument before anything runs. Kernels: ``star_elastic_kernels/triton/moe_*.py`` (triton);
-the specification: ``star_elastic_kernels/reference/moe.py`` (torch).
+every argument before anything runs. Kernels: ``star_elastic_kernels/triton/moe_*.py`` (triton),
+``csrc/moe/`` (cuda: routing, alignment, the CUTLASS grouped GEMM and moe_ffn's elementwise
+steps; the routing, alignment and elementwise ops also have CPU impls that run the kernels'
+per-thread code sequentially, for tests without a GPU); the specification:
+``star_elastic_kernels/reference/moe.py`` (torch).
 
 Elastic widths follow DESIGN §3: activations are compact, weights keep the parent layout and are
 read through strides at the active widths (``w_up[:, :r, :d]``, ``w_down[:, :d, :r]``); masked
@@ -31,11 +34,19 @@ def _no_fp64_in_triton(backend: str, device: torch.device, dtype: torch.dtype) -
     return None
 
 
+def _route_supports(backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    if backend == "cuda" and dtype == torch.float64:
+        return ("the CUDA routing kernel reads float32/float16/bfloat16 logits; use "
+                "backend='torch' for float64")
+    return _no_fp64_in_triton(backend, device, dtype)
+
+
 ROUTE_SPEC = _backends.register(_backends.OpSpec(
-    "moe_route", backends=("triton", "torch"), supports=_no_fp64_in_triton,
-    triton_cpu_dtypes=(torch.float32, torch.float16)))
+    "moe_route", backends=("cuda", "triton", "torch"), cuda_ops=("_moe_route",),
+    supports=_route_supports, triton_cpu_dtypes=(torch.float32, torch.float16)))
 ALIGN_SPEC = _backends.register(_backends.OpSpec(
-    "moe_align", backends=("triton", "torch"), triton_cpu_dtypes=_ID_DTYPES))
+    "moe_align", backends=("cuda", "triton", "torch"),
+    cuda_ops=("_moe_align", "_moe_align_workspace_size"), triton_cpu_dtypes=_ID_DTYPES))
 def _grouped_gemm_supports(backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
     if backend == "cuda" and dtype != torch.bfloat16:
         return f"the CUTLASS grouped GEMM is bfloat16-only, got {dtype}"
@@ -47,7 +58,9 @@ GROUPED_GEMM_SPEC = _backends.register(_backends.OpSpec(
     "grouped_gemm", backends=("cuda", "triton", "torch"), cuda_ops=_GROUPED_GEMM_C_OPS,
     supports=_grouped_gemm_supports))
 FFN_SPEC = _backends.register(_backends.OpSpec(
-    "moe_ffn", backends=("cuda", "triton", "torch"), cuda_ops=_GROUPED_GEMM_C_OPS,
+    "moe_ffn", backends=("cuda", "triton", "torch"),
+    cuda_ops=_GROUPED_GEMM_C_OPS + ("_moe_align", "_moe_align_workspace_size", "_moe_gather_rows",
+                                    "_moe_activation", "_moe_combine"),
     supports=_grouped_gemm_supports))
 
 
@@ -117,37 +130,78 @@ def _ffn_cutlass_unsupported(hidden, w_up, w_down, shared_up, shared_down, r, d,
     return None
 
 
-def _expert_ffn_cuda(x, w_up, w_down, ends, r, d, activation):
-    """Sorted rows x (P, d) -> (P, d) bf16 through CUTLASS grouped GEMMs, activation in torch."""
-    gate = _grouped_gemm_cuda(x, w_up[:, :r, :d], ends)
-    if activation == "relu2":
-        h = torch.square(torch.relu(gate.float()))
-    else:
+def _expert_ffn_cuda(x, w_up, w_down, ends, r, d, activation, gemm=None):
+    """Sorted rows x (P, d) -> (P, d) bf16: grouped GEMM up (gate, and value for SiLU-GLU), the
+    activation kernel, grouped GEMM down. ``gemm(a, b, ends)`` is the CUTLASS grouped GEMM unless
+    a test substitutes another (the CPU tests use the reference)."""
+    gemm = gemm or _grouped_gemm_cuda
+    gate = gemm(x, w_up[:, :r, :d], ends)
+    value = None
+    if activation == "silu_glu":
         half = w_up.shape[1] // 2
-        value = _grouped_gemm_cuda(x, w_up[:, half : half + r, :d], ends)
-        h = torch.nn.functional.silu(gate.float()) * value.float()
-    return _grouped_gemm_cuda(h.to(x.dtype), w_down[:, :d, :r], ends)
+        value = gemm(x, w_up[:, half : half + r, :d], ends)
+    h = torch.empty_like(gate)
+    torch.ops.star_elastic._moe_activation(gate, value, h)
+    return gemm(h, w_down[:, :d, :r], ends)
 
 
 def _moe_ffn_cuda(hidden, w_up, w_down, weights, ids, shared_up, shared_down, activation, r, d, s,
-                  scaling):
-    """moe_ffn from the CUTLASS grouped GEMM: sort the slots by expert (no host sync), gather,
-    up, activation, down, then weight and sum the k slots of each token in a fixed order."""
+                  scaling, gemm=None):
+    """moe_ffn from CUDA kernels, no host sync: align the slots by expert (csrc/moe/align.cu),
+    gather the tokens' rows in that order, CUTLASS grouped GEMMs with the activation kernel
+    between them, then one combine kernel: the k weighted rows of each token summed in a fixed
+    order, scaled, plus the shared expert (csrc/moe/ffn_elementwise.cu). bf16 throughout, fp32
+    accumulation. On CPU tensors (tests only) the private ops run the kernels' per-thread code
+    sequentially and ``gemm`` must be given."""
     num_tokens, top_k = ids.shape
-    out = torch.zeros(num_tokens, d, dtype=torch.float32, device=hidden.device)
-    if ids.numel():
-        flat = ids.reshape(-1).long()
-        order = torch.argsort(flat, stable=True)
-        ends = torch.bincount(flat, minlength=w_down.shape[0]).cumsum(0).to(torch.int32)
-        y = _expert_ffn_cuda(hidden[order // top_k], w_up, w_down, ends, r, d, activation)
-        per_slot = torch.empty(ids.numel(), d, dtype=torch.float32, device=hidden.device)
-        per_slot[order] = y.float() * weights.reshape(-1)[order, None].float()
-        out = per_slot.view(num_tokens, top_k, d).sum(dim=1) * scaling
-    if shared_up is not None and num_tokens:
+    out = torch.empty(num_tokens, d, dtype=hidden.dtype, device=hidden.device)
+    if num_tokens == 0:
+        return out
+    shared = None
+    if shared_up is not None:
         ends = torch.full((1,), num_tokens, dtype=torch.int32, device=hidden.device)
-        out = out + _expert_ffn_cuda(hidden, shared_up.unsqueeze(0), shared_down.unsqueeze(0), ends,
-                                     s, d, activation).float()
-    return out.to(hidden.dtype)
+        shared = _expert_ffn_cuda(hidden, shared_up.unsqueeze(0), shared_down.unsqueeze(0), ends,
+                                  s, d, activation, gemm)
+    slots, _, expert_offsets, _ = _align_cuda(ids, w_down.shape[0], 1)
+    x = torch.empty(slots.numel(), d, dtype=hidden.dtype, device=hidden.device)
+    torch.ops.star_elastic._moe_gather_rows(hidden, slots, top_k, x)
+    y = _expert_ffn_cuda(x, w_up, w_down, expert_offsets[1:], r, d, activation, gemm)
+    inverse = torch.empty_like(slots)
+    torch.ops.star_elastic._moe_combine(y, slots, weights.float().contiguous(), shared, inverse,
+                                        out, float(scaling))
+    return out
+
+
+def _route_cuda(logits: torch.Tensor, correction_bias: torch.Tensor | None,
+                expert_mask: torch.Tensor | None, top_k: int, softmax: bool, num_prefix: int,
+                renormalize: bool, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backend "cuda" of moe_route (csrc/moe/route.cu, one thread per token). On CPU tensors the
+    private op runs the kernel's per-token function sequentially (its CPU impl; tests only)."""
+    num_tokens, num_columns = logits.shape
+    weights = torch.empty(num_tokens, top_k, dtype=torch.float32, device=logits.device)
+    ids = torch.empty(num_tokens, top_k, dtype=torch.int32, device=logits.device)
+    bias = None if correction_bias is None else correction_bias[:num_columns].float().contiguous()
+    mask = None if expert_mask is None else expert_mask[:num_columns].contiguous()
+    torch.ops.star_elastic._moe_route(logits, bias, mask, weights, ids, num_prefix, softmax,
+                                      renormalize, float(scaling))
+    return weights, ids
+
+
+def _align_cuda(ids: torch.Tensor, num_experts: int, block_m: int):
+    """Backend "cuda" of moe_align (csrc/moe/align.cu: chunk histograms, per-expert scans,
+    offsets, stable fill; no atomics). On CPU tensors the private op runs the kernels' per-thread
+    functions sequentially (its CPU impl; tests only)."""
+    flat = ids.reshape(-1).contiguous()
+    i32 = dict(dtype=torch.int32, device=ids.device)
+    workspace = torch.empty(
+        int(torch.ops.star_elastic._moe_align_workspace_size(flat.numel(), num_experts)), **i32)
+    sorted_slots = torch.empty(flat.numel(), **i32)
+    counts = torch.empty(num_experts, **i32)
+    expert_offsets = torch.empty(num_experts + 1, **i32)
+    block_offsets = torch.empty(num_experts + 1, **i32)
+    torch.ops.star_elastic._moe_align(flat, workspace, sorted_slots, counts, expert_offsets,
+                                      block_offsets, block_m)
+    return sorted_slots, counts, expert_offsets, block_offsets
 
 
 def _triton_route():
@@ -185,6 +239,9 @@ def _moe_route_op(
     top_k: int, score: str, num_experts: int, renormalize: bool, scaling: float, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     prefix = logits.shape[1] if num_experts < 0 else num_experts
+    if backend == "cuda":
+        return _route_cuda(logits, correction_bias, expert_mask, top_k, score == "softmax", prefix,
+                           renormalize, scaling)
     if backend == "triton":
         return _triton_route().moe_route(
             logits, correction_bias, expert_mask, top_k, score == "softmax", prefix, renormalize, scaling)
@@ -242,6 +299,8 @@ _moe_route_op.register_autograd(_route_backward, setup_context=_route_setup)
 def _moe_align_op(
     ids: torch.Tensor, num_experts: int, block_m: int, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    if backend == "cuda":
+        return _align_cuda(ids, num_experts, block_m)
     if backend == "triton":
         return _triton_align().moe_align(ids.contiguous(), num_experts, block_m)
     return reference.moe_align(ids, num_experts, block_m)
@@ -522,8 +581,9 @@ def moe_route(
         expert_mask: (E,) bool, the general form (True = may be chosen). Not with ``num_experts``.
         renormalize: divide the k chosen scores by their sum (+1e-20).
         scaling: multiplies the weights (Nemotron's routed scaling factor, 2.5).
-        backend: ``"auto" | "triton" | "torch"``; default from :func:`use_backend` or
-            ``$STAR_ELASTIC_BACKEND``, else auto.
+        backend: ``"auto" | "cuda" | "triton" | "torch"``; default from :func:`use_backend` or
+            ``$STAR_ELASTIC_BACKEND``, else auto. ``"cuda"`` is csrc/moe/route.cu (float32,
+            float16 or bfloat16 logits; one thread per token).
 
     Returns:
         ``(weights (T, k) float32, ids (T, k) int32)``; ids index the parent's experts, in order of
@@ -580,7 +640,8 @@ def moe_align(ids: torch.Tensor, num_experts: int, block_m: int = 64, *,
         num_experts: E, the parent's expert count.
         block_m: rows per GEMM row block; an expert with c slots gets ``ceil(c / block_m)`` blocks,
             an expert with none (a masked one in particular) gets no block and so no work.
-        backend: as in :func:`moe_route`.
+        backend: as in :func:`moe_route`; ``"cuda"`` is csrc/moe/align.cu (deterministic, no
+            atomics).
 
     Returns:
         :class:`MoEAlignment` ``(sorted_slots (T*k,), counts (E,), expert_offsets (E+1,),
@@ -689,7 +750,8 @@ def moe_ffn(
         backend: ``"auto" | "cuda" | "triton" | "torch"`` (see :func:`moe_route`). ``"cuda"``
             composes the CUTLASS sm_90a grouped GEMM (bfloat16; widths and weight row strides
             multiples of 8; auto falls back to Triton otherwise, an explicit request raises) with
-            the gather, activation and combine in torch; its backward runs the Triton kernels.
+            CUDA kernels for the alignment, row gather, activation and weighted combine
+            (csrc/moe/); its backward runs the Triton kernels.
 
     Returns:
         (T, d) in hidden's dtype (fp32 accumulation).

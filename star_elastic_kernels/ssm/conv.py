@@ -3,8 +3,10 @@
 
 Order: launchers, the registered ops ``star_elastic::causal_conv1d`` and
 ``star_elastic::causal_conv1d_update`` with fake impls, the public wrappers. Kernels:
-``star_elastic_kernels/triton/conv1d.py``; the specification is
-``star_elastic_kernels.reference.ssm.causal_conv1d`` / ``causal_conv1d_update``.
+``csrc/ssm/causal_conv1d.cu`` (cuda: private ops ``_causal_conv1d``, ``_causal_conv1d_update``),
+``star_elastic_kernels/triton/conv1d.py`` (triton); the specification is
+``star_elastic_kernels.reference.ssm.causal_conv1d`` / ``causal_conv1d_update`` (torch). The
+final states of the prefill are gathered in Python (``_final_states``) on the kernel backends.
 
 ``causal_conv1d`` is differentiable (x, weight, bias, initial_states) on every backend through
 PyTorch autograd of the reference, recomputed in the backward pass (no backward kernel yet).
@@ -18,16 +20,46 @@ from star_elastic_kernels import _backends
 from star_elastic_kernels.reference import ssm as reference
 from star_elastic_kernels.ssm import _autograd, _checks
 
-SPEC = _backends.register(_backends.OpSpec("causal_conv1d", backends=("triton", "torch"),
-                                            supports=_checks.kernels_skip_float64))
-UPDATE_SPEC = _backends.register(_backends.OpSpec("causal_conv1d_update", backends=("triton", "torch"),
-                                                   supports=_checks.kernels_skip_float64))
+SPEC = _backends.register(_backends.OpSpec(
+    "causal_conv1d", backends=("cuda", "triton", "torch"), cuda_ops=("_causal_conv1d",),
+    supports=_checks.kernels_skip_float64))
+UPDATE_SPEC = _backends.register(_backends.OpSpec(
+    "causal_conv1d_update", backends=("cuda", "triton", "torch"),
+    cuda_ops=("_causal_conv1d_update",), supports=_checks.kernels_skip_float64))
 
 
 def _triton():
     from star_elastic_kernels.triton import conv1d as kernels
 
     return kernels
+
+
+def _narrow(t):
+    """The CUDA kernels read fp32/fp16/bf16 parameters; float64 ones (weights, bias, history) go
+    fp32 (x itself is never float64 on a kernel backend)."""
+    return t.float() if t is not None and t.dtype == torch.float64 else t
+
+
+def _cuda_conv1d(x, weight, bias, initial_states, cu_seqlens, silu, layout):
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if y.numel():
+        torch.ops.star_elastic._causal_conv1d(
+            x, _narrow(weight), _narrow(bias), _narrow(initial_states),
+            None if cu_seqlens is None else cu_seqlens.contiguous(), y,
+            list(_kernel_layout(layout, weight, x.shape[2]) or ()), silu)
+    return y
+
+
+def _cuda_conv1d_update(x, conv_state, weight, bias, state_indices, silu, layout):
+    if conv_state.dtype == torch.float64:  # updated in place: cannot be narrowed to a copy
+        raise TypeError("the cuda backend of causal_conv1d_update needs a float32/float16/bfloat16 "
+                        "conv_state, got torch.float64; use backend='triton' or 'torch'")
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if y.numel():
+        torch.ops.star_elastic._causal_conv1d_update(
+            x, conv_state, _narrow(weight), _narrow(bias), state_indices, y,
+            list(_kernel_layout(layout, weight, x.shape[1]) or ()), silu)
+    return y
 
 
 def _slice_kwargs(layout: list[int]) -> dict:
@@ -39,7 +71,8 @@ def _slice_kwargs(layout: list[int]) -> dict:
 
 
 def _kernel_layout(layout: list[int], weight: torch.Tensor, channels: int):
-    """The Triton kernels' channel-map arguments (x channels, p, k, H/G, P, H*P) or None."""
+    """The kernels' channel-map arguments (x channels, p, k, H/G, P, H*P) or None (Triton and
+    CUDA alike)."""
     if not layout:
         return None
     num_heads, num_groups, k, p = layout
@@ -80,6 +113,9 @@ def _causal_conv1d_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     width = weight.shape[1]
     bounds = None if cu_seqlens is None else [int(v) for v in cu_seqlens.tolist()]
+    if backend == "cuda":
+        y = _cuda_conv1d(x, weight, bias, initial_states, cu_seqlens, silu, layout)
+        return y, _final_states(x, initial_states, bounds, width)
     if backend == "triton":
         token_seq = None
         if bounds is not None:
@@ -128,6 +164,8 @@ def _causal_conv1d_update_op(
     x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     state_indices: torch.Tensor | None, silu: bool, layout: list[int], backend: str,
 ) -> torch.Tensor:
+    if backend == "cuda":
+        return _cuda_conv1d_update(x, conv_state, weight, bias, state_indices, silu, layout)
     if backend == "triton":
         return _triton().causal_conv1d_update(x, conv_state, weight, bias, state_indices,
                                               _kernel_layout(layout, weight, x.shape[1]), silu)
@@ -228,7 +266,7 @@ def causal_conv1d(
             channels are ``[x: H*P | B: G*N | C: G*N]``; the compact ones ``[x: G*k*p | B | C]``
             (the first k heads of every group, the first p channels of every head; B, C whole),
             so ``c = G*k*p + 2*G*N``. Omit all four for a dense call (c == C).
-        backend: ``"auto" | "triton" | "torch"``.
+        backend: ``"auto" | "cuda" | "triton" | "torch"``.
 
     Returns:
         ``y`` (b, l, c) in x's dtype; with ``return_final_states`` ``(y, final_states)``.
@@ -277,7 +315,8 @@ def causal_conv1d_update(
         state_indices: optional (b,) int32/int64 distinct slots in [0, slots) (one host sync);
             default row i -> slot i.
         check_state_indices: as in :func:`ssd_state_update` (False skips the host sync).
-        backend: ``"auto" | "triton" | "torch"``.
+        backend: ``"auto" | "cuda" | "triton" | "torch"`` (cuda needs a float32/float16/bfloat16
+            ``conv_state``).
 
     Returns:
         ``y`` (b, c) in x's dtype.

@@ -1,8 +1,9 @@
 """Gated group RMSNorm (Mamba-2's ``RMSNormGated``) at an elastic slice: ``gated_rmsnorm``.
 
 Order: the registered op ``star_elastic::gated_rmsnorm`` with its fake impl, the public wrapper.
-Kernel: ``star_elastic_kernels/triton/gated_rmsnorm.py``; the specification is
-``star_elastic_kernels.reference.ssm.gated_rmsnorm``.
+Kernels: ``csrc/ssm/gated_rmsnorm.cu`` (cuda: private op ``_gated_rmsnorm``),
+``star_elastic_kernels/triton/gated_rmsnorm.py`` (triton); the specification is
+``star_elastic_kernels.reference.ssm.gated_rmsnorm`` (torch).
 
 Differentiable (y, z, weight) on every backend through PyTorch autograd of the reference,
 recomputed in the backward pass (no backward kernel yet).
@@ -16,8 +17,20 @@ from star_elastic_kernels import _backends
 from star_elastic_kernels.reference import ssm as reference
 from star_elastic_kernels.ssm import _autograd, _checks
 
-SPEC = _backends.register(_backends.OpSpec("gated_rmsnorm", backends=("triton", "torch"),
-                                            supports=_checks.kernels_skip_float64))
+SPEC = _backends.register(_backends.OpSpec(
+    "gated_rmsnorm", backends=("cuda", "triton", "torch"), cuda_ops=("_gated_rmsnorm",),
+    supports=_checks.kernels_skip_float64))
+
+
+def _cuda(y, z, weight, eps, num_groups, p, parent_group_width, parent_p, norm_before_gate):
+    """y, z (rows, G*k*p) unit inner stride -> out (rows, G*k*p) contiguous in y's dtype."""
+    out = torch.empty(y.shape, dtype=y.dtype, device=y.device)
+    if out.numel():
+        if weight.dtype == torch.float64:  # the kernel reads fp32/fp16/bf16 parameters
+            weight = weight.float()
+        torch.ops.star_elastic._gated_rmsnorm(y, z, weight, out, num_groups, p, parent_group_width,
+                                              parent_p, eps, norm_before_gate)
+    return out
 
 
 @torch.library.custom_op("star_elastic::gated_rmsnorm", mutates_args=())
@@ -26,9 +39,7 @@ def _gated_rmsnorm_op(
     norm_before_gate: bool, heads_per_group: int, head_dim: int, num_heads: int, backend: str,
 ) -> torch.Tensor:
     """``num_heads == 0`` marks a dense call (no slice)."""
-    if backend == "triton":
-        from star_elastic_kernels.triton import gated_rmsnorm as kernels
-
+    if backend in ("cuda", "triton"):
         num_groups = weight.shape[0] // group_size
         rows_y = y.reshape(-1, y.shape[-1])
         rows_z = None if z is None else z.reshape(-1, z.shape[-1])
@@ -36,8 +47,14 @@ def _gated_rmsnorm_op(
             p, parent_p = group_size, group_size
         else:
             p, parent_p = head_dim, weight.shape[0] // num_heads
-        out = kernels.gated_rmsnorm(rows_y, rows_z, weight, eps, num_groups, p, group_size,
-                                    parent_p, norm_before_gate)
+        if backend == "cuda":
+            out = _cuda(rows_y, rows_z, weight, eps, num_groups, p, group_size, parent_p,
+                        norm_before_gate)
+        else:
+            from star_elastic_kernels.triton import gated_rmsnorm as kernels
+
+            out = kernels.gated_rmsnorm(rows_y, rows_z, weight, eps, num_groups, p, group_size,
+                                        parent_p, norm_before_gate)
         return out.reshape(y.shape)
     return _norm_reference(y, z, weight, eps, group_size, norm_before_gate, heads_per_group,
                            head_dim, num_heads).contiguous()
@@ -89,7 +106,7 @@ def gated_rmsnorm(
         norm_before_gate: see above.
         heads_per_group, head_dim: the slice k in [1, H/G], p in [1, P]; need ``num_heads`` (H).
             Omit all three for a dense call (y has H*P channels).
-        backend: ``"auto" | "triton" | "torch"``.
+        backend: ``"auto" | "cuda" | "triton" | "torch"``.
 
     Returns:
         (..., G*k*p) in y's dtype, contiguous (fp32 arithmetic).

@@ -1,12 +1,21 @@
 """Chunked SSD scan (Mamba-2 prefill / training) at an elastic width: ``ssd_scan``.
 
 Order: launchers, the registered op ``star_elastic::ssd_scan`` (fake impl, autograd), the public
-wrapper. Kernels: ``star_elastic_kernels/triton/ssd_scan.py`` (triton); the specification is
+wrapper. Kernels: ``csrc/ssm/ssd_scan.cu`` (cuda: the four classic phases, chunk cumsum, chunk
+states, state passing, chunk scan, as plain CUDA C++ with shared-memory tiling; fp32 arithmetic and
+states), ``star_elastic_kernels/triton/ssd_scan.py`` (triton); the specification is
 ``star_elastic_kernels.reference.ssm.ssd_scan`` (torch, the plain sequential recurrence).
+
+The cuda backend's private op ``star_elastic::_ssd_scan`` also has a CPU impl: it runs the CUDA
+kernels' own per-thread code over their grids on the host (block by block, barrier phase by phase,
+thread by thread). That lets the tests check the kernels' indexing and arithmetic without a GPU; it
+does not exercise the launch, the scheduling or the timing, and it is not a CPU fast path (the
+public op runs the torch reference on CPU tensors).
 
 Backward: the triton backend has its own chunked Triton backward
 (``star_elastic_kernels/triton/ssd_scan_bwd.py``: the forward's entering states recomputed, a
-reverse state-gradient pass, one kernel per (chunk, head) for every input's gradient). The torch
+reverse state-gradient pass, one kernel per (chunk, head) for every input's gradient); the cuda
+backend uses the same Triton backward (it needs only the saved inputs). The torch
 backend differentiates the reference recurrence with PyTorch autograd, recomputed in the backward
 pass: exact but sequential in the sequence length, and it keeps one state per token alive, so it
 is for tests and small shapes.
@@ -19,8 +28,12 @@ import torch
 from star_elastic_kernels import _backends
 from star_elastic_kernels.reference import ssm as reference
 from star_elastic_kernels.ssm import _checks
+from star_elastic_kernels.ssm._chunks import chunk_tables
 
-SPEC = _backends.register(_backends.OpSpec("ssd_scan", backends=("triton", "torch"),
+# auto prefers Triton: its forward runs the chunk matmuls on tensor cores (tl.dot), the CUDA
+# forward in fp32 FMA (no mma/wgmma path yet); revisit when a GPU has timed both.
+SPEC = _backends.register(_backends.OpSpec("ssd_scan", backends=("triton", "cuda", "torch"),
+                                            cuda_ops=("_ssd_scan",),
                                             supports=_checks.kernels_skip_float64))
 
 _GRAD_INPUTS = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
@@ -40,6 +53,34 @@ def _triton_bwd():
 
 def _bounds(cu_seqlens: torch.Tensor | None) -> list[int] | None:
     return None if cu_seqlens is None else [int(v) for v in cu_seqlens.tolist()]
+
+
+CUDA_MAX_CHUNK = 256  # the CUDA kernels' longest chunk (kScanMaxChunk in csrc/ssm/ssd_scan.h)
+
+
+def _cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_bounds, chunk_size, dt_softplus,
+          dt_min, dt_max, heads_per_group):
+    """Run the CUDA SSD forward (``star_elastic::_ssd_scan``); inputs already checked by the public
+    wrapper. On CPU tensors the op's CPU impl runs the kernels' per-thread code on the host (for
+    tests). Chunks longer than ``CUDA_MAX_CHUNK`` are split (the result does not depend on it).
+    Returns (y in x's dtype, final states fp32)."""
+    # the kernels read fp32/fp16/bf16 parameters; float64 ones (per head, or states) go fp32
+    narrow = lambda t: t.float() if t is not None and t.dtype == torch.float64 else t  # noqa: E731
+    dt, A, D, dt_bias, initial_states = (narrow(t) for t in (dt, A, D, dt_bias, initial_states))
+    b, l, heads, p = x.shape
+    state_size = B.shape[3]
+    chunk = min(int(chunk_size), CUDA_MAX_CHUNK)
+    chunk_table, seq_table = chunk_tables(b, l, None if seq_bounds is None else tuple(seq_bounds),
+                                           chunk, x.device)
+    chunks, seqs = chunk_table.shape[1], seq_table.shape[1]
+    y = torch.empty((b, l, heads, p), dtype=x.dtype, device=x.device)
+    final = torch.empty((seqs, heads, p, state_size), dtype=torch.float32, device=x.device)
+    workspace = torch.empty(chunks * heads * (2 * chunk + p * state_size), dtype=torch.float32,
+                            device=x.device)
+    torch.ops.star_elastic._ssd_scan(x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_table,
+                                     seq_table, y, final, workspace, chunk, heads_per_group,
+                                     bool(dt_softplus), float(dt_min), float(dt_max))
+    return y, final
 
 
 def _reference(x, dt, A, B, C, D, z, dt_bias, initial_states, cu_seqlens, chunk_size, dt_softplus,
@@ -63,6 +104,9 @@ def _ssd_scan_op(
     dt_softplus: bool, dt_min: float, dt_max: float, heads_per_group: int, head_dim: int,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    if backend == "cuda":
+        return _cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, _bounds(cu_seqlens), chunk_size,
+                     dt_softplus, dt_min, dt_max, heads_per_group)
     if backend == "triton":
         return _triton().ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, initial_states,
                                       _bounds(cu_seqlens), chunk_size, dt_softplus,
@@ -98,7 +142,7 @@ def _backward(ctx, grad_y, grad_final):
     grads: list[torch.Tensor | None] = [None] * 17
     if not wanted:
         return tuple(grads)
-    if ctx.backend == "triton":
+    if ctx.backend in ("triton", "cuda"):  # the CUDA forward shares the Triton backward
         chunk_size, dt_softplus, dt_min, dt_max, heads_per_group, _ = ctx.options
         x, dt, A, B, C, D, z, dt_bias, initial_states, cu_seqlens = saved
         found = _triton_bwd().ssd_scan_bwd(
@@ -161,7 +205,8 @@ def ssd_scan(
         A: (H,) parent decay rates (negative; ``-exp(A_log)``), read at the active heads.
         B, C: (b, l, G, N) in x's dtype, unit innermost stride; never sliced. Head h' uses group
             h' // k.
-        chunk_size: tokens per chunk of the Triton kernel (>= 1); does not change the result.
+        chunk_size: tokens per chunk of the kernels (>= 1; the cuda backend splits chunks longer
+            than 256); does not change the result.
         D: optional (H,) or (H, P) parent skip weights: ``y += D * x``.
         z: optional (b, l, H', p) gate in x's dtype, unit innermost stride: ``y *= silu(z)``.
         dt_bias: optional (H,) parent bias added to dt before the softplus.
@@ -175,7 +220,8 @@ def ssd_scan(
         return_final_states: also return the final states, (b, H', p, N) or (S, H', p, N), fp32.
         heads_per_group: k in [1, H/G] (default H/G, the full model).
         head_dim: p (default x.shape[-1]); checked against P when D is (H, P).
-        backend: ``"auto" | "triton" | "torch"`` (see :func:`star_elastic_kernels.use_backend`).
+        backend: ``"auto" | "cuda" | "triton" | "torch"`` (see
+            :func:`star_elastic_kernels.use_backend`).
 
     Returns:
         ``y`` (b, l, H', p) in x's dtype, contiguous; with ``return_final_states`` the tuple

@@ -22,11 +22,11 @@ in their own dtype with fp32 accumulation (as mamba-ssm does).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
+
+from star_elastic_kernels.ssm._chunks import chunk_tables
 
 
 @triton.jit
@@ -215,27 +215,6 @@ def _chunk_scan_kernel(
              + p[None, :], y.to(y_ptr.dtype.element_ty), mask=tile_mask)
 
 
-@functools.lru_cache(maxsize=64)
-def _chunk_tables(batch: int, seqlen: int, seq_bounds: tuple[int, ...] | None, chunk_size: int,
-                  device: torch.device):
-    """(chunk table (3, chunks): batch row, first token, length; sequence table (2, S): first
-    chunk, chunk count) for batched rows or for packed sequences with boundaries ``seq_bounds``.
-    Cached: a decode/prefill loop reuses the same few shapes, and the tables are never written."""
-    rows, starts, lengths, first_chunks, counts = [], [], [], [], []
-    sequences = ([(i, 0, seqlen) for i in range(batch)] if seq_bounds is None else
-                 [(0, s, e) for s, e in zip(seq_bounds[:-1], seq_bounds[1:])])
-    for row, begin, end in sequences:
-        first_chunks.append(len(rows))
-        for token in range(begin, end, chunk_size):
-            rows.append(row)
-            starts.append(token)
-            lengths.append(min(chunk_size, end - token))
-        counts.append(len(rows) - first_chunks[-1])
-    chunk_table = torch.tensor([rows, starts, lengths], dtype=torch.int64).reshape(3, -1)
-    seq_table = torch.tensor([first_chunks, counts], dtype=torch.int64).reshape(2, -1)
-    return chunk_table.to(device), seq_table.to(device)
-
-
 def _block_sizes(chunk_size: int, p: int, state_size: int):
     return (max(16, triton.next_power_of_2(chunk_size)), max(16, min(64, triton.next_power_of_2(p))),
             max(16, min(64, triton.next_power_of_2(state_size))))
@@ -250,7 +229,7 @@ def _entering_states(x, dt, A, B, dt_bias, initial_states, seq_bounds, chunk_siz
     parent_per_group = A.shape[0] // num_groups
     num_seqs = b if seq_bounds is None else len(seq_bounds) - 1
     final = torch.empty((num_seqs, num_active, p, state_size), dtype=torch.float32, device=x.device)
-    chunk_table, seq_table = _chunk_tables(b, l, None if seq_bounds is None else tuple(seq_bounds),
+    chunk_table, seq_table = chunk_tables(b, l, None if seq_bounds is None else tuple(seq_bounds),
                                            chunk_size, x.device)
     num_chunks = chunk_table.shape[1]
     states = torch.empty((num_chunks, num_active, p, state_size), dtype=torch.float32,

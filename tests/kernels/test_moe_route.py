@@ -61,7 +61,7 @@ def test_reference_matches_token_by_token_routing(score, renormalize, mask_kind)
     torch.testing.assert_close(weights, want_w, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend,device", backend_cases(with_cuda_backend=False))
+@pytest.mark.parametrize("backend,device", backend_cases())
 @pytest.mark.parametrize("score", ["sigmoid", "softmax"])
 @pytest.mark.parametrize("shape,top_k", [((1, 8), 2), ((37, 16), 4), ((0, 8), 2), ((5, 128), 6),
                                          ((3, 6), 6)])
@@ -80,7 +80,7 @@ def test_backends_match_reference(backend, device, score, shape, top_k, dtype):
     torch.testing.assert_close(got[0].cpu(), want[0], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend,device", backend_cases(with_cuda_backend=False))
+@pytest.mark.parametrize("backend,device", backend_cases())
 @pytest.mark.parametrize("score", ["sigmoid", "softmax"])
 def test_prefix_and_mask_never_choose_masked_experts(backend, device, score):
     logits, bias = random_logits(40, 12, seed=3, device=device)
@@ -145,7 +145,7 @@ def align_by_hand(ids, num_experts, block_m):
     return [torch.tensor(x, dtype=torch.int32) for x in (slots, counts, offsets, blocks)]
 
 
-@pytest.mark.parametrize("backend,device", backend_cases(with_cuda_backend=False))
+@pytest.mark.parametrize("backend,device", backend_cases())
 @pytest.mark.parametrize("t,k,num_experts,block_m", [(0, 2, 4, 16), (1, 1, 4, 16), (37, 3, 8, 16),
                                                      (50, 6, 128, 64), (9, 2, 5, 1)])
 def test_align_matches_by_hand(backend, device, t, k, num_experts, block_m):
@@ -160,7 +160,7 @@ def test_align_matches_by_hand(backend, device, t, k, num_experts, block_m):
         assert torch.equal(ours.cpu(), want), name
 
 
-@pytest.mark.parametrize("backend,device", backend_cases(with_cuda_backend=False))
+@pytest.mark.parametrize("backend,device", backend_cases())
 def test_align_all_tokens_on_one_expert(backend, device):
     ids = torch.full((19, 1), 3, dtype=torch.int64, device=device)
     got = sek.moe_align(ids, 6, 8, backend=backend)
@@ -172,7 +172,7 @@ def test_align_all_tokens_on_one_expert(backend, device):
 # --- registration, compile, bad inputs --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend,device", backend_cases(with_cuda_backend=False))
+@pytest.mark.parametrize("backend,device", backend_cases())
 def test_opcheck(backend, device):
     logits, bias = random_logits(6, 8, seed=5, device=device)
     mask = torch.tensor([1, 1, 0, 1, 1, 1, 0, 1], dtype=torch.bool, device=device)
@@ -253,3 +253,29 @@ def test_property_triton_route_matches_reference(t, e, data, score, renormalize,
     want = reference.moe_route(logits, **kwargs)
     assert torch.equal(got[1], want[1])
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+
+
+# --- the cuda backend (csrc/moe/route.cu, align.cu) at Nemotron sizes; GPU only ---------------
+# (its per-thread code is also checked on the CPU: tests/kernels/test_moe_cuda_host.py)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("score", ["sigmoid", "softmax"])
+@pytest.mark.parametrize("tokens", [1, 4096])
+def test_cuda_route_and_align_at_nemotron_sizes(score, tokens):
+    if not (sek._extension.has_op("_moe_route") and sek._extension.has_op("_moe_align")):
+        pytest.fail("the CUDA extension lacks _moe_route/_moe_align: rebuild it")
+    logits, bias = random_logits(tokens, 128, seed=tokens, device="cuda")
+    mask = torch.rand(128, generator=torch.Generator().manual_seed(1)) < 0.7
+    mask[:6] = True
+    for kwargs in (dict(num_experts=96), dict(expert_mask=mask.cuda())):
+        got = sek.moe_route(logits, top_k=6, score=score, correction_bias=bias, scaling=2.5,
+                            backend="cuda", **kwargs)
+        want = reference.moe_route(logits.cpu(), top_k=6, score=score, correction_bias=bias.cpu(),
+                                   scaling=2.5, **{n: v.cpu() if torch.is_tensor(v) else v
+                                                   for n, v in kwargs.items()})
+        assert torch.equal(got[1].cpu(), want[1])
+        torch.testing.assert_close(got[0].cpu(), want[0], rtol=1e-5, atol=1e-6)
+        aligned = sek.moe_align(got[1], 128, 64, backend="cuda")
+        for ours, by_ref in zip(aligned, reference.moe_align(want[1], 128, 64)):
+            assert torch.equal(ours.cpu(), by_ref)

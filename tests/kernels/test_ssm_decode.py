@@ -216,7 +216,8 @@ def test_cuda_backend_on_cpu_tensors_is_refused():
 
 # --- property test -------------------------------------------------------------------------------
 
-EXAMPLES = int(os.environ.get("SSM_HYPOTHESIS_EXAMPLES", "30"))
+# cheap examples (well under 0.1 s each): 200 per property test in CI; SSM_HYPOTHESIS_EXAMPLES overrides
+EXAMPLES = int(os.environ.get("SSM_HYPOTHESIS_EXAMPLES", "200"))
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])

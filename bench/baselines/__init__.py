@@ -1,0 +1,1 @@
+"""Re-implementations of other libraries' kernels, timed next to ours in bench/."""

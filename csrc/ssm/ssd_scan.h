@@ -1,0 +1,83 @@
+// Chunked Mamba-2 SSD scan (prefill) forward at an elastic width, in four phases.
+//
+// Plain CUDA C++: raw pointers, sizes and strides (in elements), no torch headers. The binding file
+// (csrc/torch_bindings.cpp) turns tensors into these arguments; the Python wrapper
+// (star_elastic_kernels/ssm/scan.py) has checked every shape and dtype and built the chunk tables.
+//
+// Active head h' (compact, group-major) is parent head (h' / k) * parent_heads_per_group + h' % k
+// and uses group h' / k. Per token t and active head h' (parent head ph, group g), in fp32:
+//   dt_t = clamp(softplus?(dt[t, h'] + dt_bias[ph]), dt_min, dt_max)
+//   h_t  = exp(dt_t * A[ph]) h_{t-1} + dt_t x_t B_t^T             (state (p, N), fp32)
+//   y_t  = (h_t C_t + D[ph(, c)] x_t) * silu(z_t)
+// with the state restarting (at initial_states, else zero) at every sequence. The work is split in
+// chunks that never straddle a sequence: chunk_table (3, num_chunks) int64 holds each chunk's batch
+// row, first token and length (1 .. chunk_size); seq_table (2, num_seqs) int64 each sequence's first
+// chunk and chunk count (0 for an empty sequence, whose final state is its initial state).
+//
+// Phases (one kernel each): (1) chunk cumsum of dt*A, (2) each chunk's own state contribution,
+// (3) state passing across the chunks of a sequence (also the final states), (4) chunk scan: the
+// intra-chunk C.B^T decay-masked term, the inter-chunk C.h term, D.x and the z gate.
+//
+// ssd_scan_host() runs the very same per-thread code on the CPU (block by block, barrier phase by
+// barrier phase, thread by thread, shared memory a host array). It verifies the arithmetic and the
+// indexing of the kernels, not the launch, the warp scheduling or the timing.
+#pragma once
+
+#include <cstdint>
+#include <cuda_runtime.h>
+
+#include "ssm/ssd_state_update.h"  // DType
+
+namespace star_elastic::ssm {
+
+// Longest chunk the kernels take (the Python launcher clamps chunk_size to it).
+constexpr int64_t kScanMaxChunk = 256;
+
+struct ScanParams {
+  const void* x;  // (b, l, H', p); x, B, C, z and y share act_type; unit inner stride
+  DType act_type;
+  int64_t x_stride_b, x_stride_l, x_stride_h;
+  const void* dt;  // (b, l, H')
+  DType dt_type;
+  int64_t dt_stride_b, dt_stride_l, dt_stride_h;
+  const void* A;  // (H,) parent
+  DType A_type;
+  int64_t A_stride;
+  const void* B;  // (b, l, G, N), unit inner stride
+  int64_t B_stride_b, B_stride_l, B_stride_g;
+  const void* C;  // (b, l, G, N), unit inner stride
+  int64_t C_stride_b, C_stride_l, C_stride_g;
+  const void* D;  // nullptr, (H,) or (H, P) parent; D_stride_p is 0 for (H,)
+  DType D_type;
+  int64_t D_stride_h, D_stride_p;
+  const void* z;  // nullptr or (b, l, H', p), unit inner stride
+  int64_t z_stride_b, z_stride_l, z_stride_h;
+  const void* dt_bias;  // nullptr or (H,) parent
+  DType dt_bias_type;
+  int64_t dt_bias_stride;
+  const void* initial;  // nullptr or (b or S, H', p, N)
+  DType initial_type;
+  int64_t initial_stride[4];
+  const int64_t* chunk_table;  // (3, num_chunks): batch row, first token, length
+  const int64_t* seq_table;    // (2, num_seqs): first chunk, chunk count
+  void* y;                     // (b, l, H', p), unit inner stride
+  int64_t y_stride_b, y_stride_l, y_stride_h;
+  float* final_states;  // (num_seqs, H', p, N) contiguous fp32
+  float* workspace;     // ssd_scan_workspace_floats(...) fp32 values
+  int64_t num_chunks, num_seqs, active_heads, heads_per_group, parent_heads_per_group, head_dim,
+      state_size, chunk_size;
+  bool dt_softplus;
+  float dt_min, dt_max;
+};
+
+// fp32 values of scratch: processed dt and cumulative dt*A per (chunk, head, token of the chunk),
+// then the state entering every (chunk, head), (p, N) each.
+inline int64_t ssd_scan_workspace_floats(int64_t num_chunks, int64_t active_heads, int64_t head_dim,
+                                         int64_t state_size, int64_t chunk_size) {
+  return num_chunks * active_heads * (2 * chunk_size + head_dim * state_size);
+}
+
+cudaError_t ssd_scan(const ScanParams& params, cudaStream_t stream);
+void ssd_scan_host(const ScanParams& params);
+
+}  // namespace star_elastic::ssm
