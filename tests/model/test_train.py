@@ -40,14 +40,21 @@ def test_config_validation():
     assert parsed.stages[0].budget_weights is None and parsed.stages[1].budget_weights == (0.7, 0.3)
 
 
-def test_tiny_elastic_run_lowers_the_distillation_loss_of_every_budget(tmp_path):
-    torch.manual_seed(0)
+def toy_teacher_and_student(seed: int = 0):
+    """(config, teacher, student): a toy parent and its copy, nudged off it so there is something
+    to distil."""
+    torch.manual_seed(seed)
     config = toy_config(vocab_size=32)
     teacher = ElasticModel(config)
     student = make_student(teacher)
     with torch.no_grad():
         for parameter in student.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.03)
+    return config, teacher, student
+
+
+def test_tiny_elastic_run_lowers_the_distillation_loss_of_every_budget(tmp_path):
+    config, teacher, student = toy_teacher_and_student(0)
     tokenizer = data.load_tokenizer("char")
     texts = [example.text for example in data.arithmetic_examples(96, seed=1)]
     tokens, mask = data.encode_batch(tokenizer, texts, 32)
@@ -146,14 +153,8 @@ def test_two_cpu_ranks_match_one_rank(tmp_path, strategy, one_rank_run):
 
 def _tiny_trainer(tmp_path, *, batch_size, grad_accum, mask_mode="hard", steps=1, seed=0,
                   budget_weights=None):
-    """A trainer over a fixed toy parent and data; returns (trainer, tokens, mask)."""
-    torch.manual_seed(seed)
-    config = toy_config(vocab_size=32)
-    teacher = ElasticModel(config)
-    student = make_student(teacher)
-    with torch.no_grad():
-        for parameter in student.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.03)
+    """An ElasticDistillationTrainer over a fixed toy parent and arithmetic data."""
+    config, teacher, student = toy_teacher_and_student(seed)
     tokenizer = data.load_tokenizer("char")
     tokens, mask = data.encode_batch(
         tokenizer, [e.text for e in data.arithmetic_examples(64, seed=1)], 32)
