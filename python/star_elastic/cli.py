@@ -71,7 +71,10 @@ def build_data(section: dict, vocab_size: int):
     if getattr(tokenizer, "vocab_size", vocab_size) > vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab "
                          f"is {vocab_size}")
-    tokens, mask = data.encode_batch(tokenizer, texts, int(section.get("max_len", 128)))
+    # Synthetic reasoning samples are never cut (a cut one loses its answer); documents from a file
+    # longer than max_len are.
+    tokens, mask = data.encode_batch(tokenizer, texts, int(section.get("max_len", 128)),
+                                     truncate=source != "synthetic:addition")
     return tokens, mask, tokenizer
 
 

@@ -195,13 +195,20 @@ def load_texts(path: str | Path, *, field: str = "text") -> list[str]:
     raise ValueError(f"unsupported data file type {path.suffix!r} (use .txt, .jsonl or .parquet)")
 
 
-def encode_batch(tokenizer, texts: Sequence[str], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_batch(tokenizer, texts: Sequence[str], seq_len: int, *,
+                 truncate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Texts -> (tokens (N, seq_len) int64, mask (N, seq_len) bool of real tokens).
 
-    Each text becomes ``<bos> text <eos>``, truncated to ``seq_len`` and right-padded.
+    Each text becomes ``<bos> text <eos>``, right-padded to ``seq_len``. A longer one is cut to
+    ``seq_len`` tokens, or, with ``truncate=False``, refused (``ValueError``): a reasoning sample
+    cut short has lost its answer.
     """
     tokens = torch.full((len(texts), seq_len), tokenizer.pad_id, dtype=torch.long)
     for row, text in enumerate(texts):
-        ids = ([tokenizer.bos_id] + tokenizer.encode(text) + [tokenizer.eos_id])[:seq_len]
+        ids = [tokenizer.bos_id] + tokenizer.encode(text) + [tokenizer.eos_id]
+        if len(ids) > seq_len and not truncate:
+            raise ValueError(f"text {row} has {len(ids)} tokens with <bos> and <eos>, more than "
+                             f"seq_len={seq_len}: {text[:60]!r}...")
+        ids = ids[:seq_len]
         tokens[row, : len(ids)] = torch.tensor(ids)
     return tokens, tokens != tokenizer.pad_id

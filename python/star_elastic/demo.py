@@ -1,24 +1,33 @@
 """The end-to-end Star Elastic demo on a synthetic reasoning task, on a CPU, with no downloads.
 
-``star-elastic demo [--quick] [--out DIR]`` runs, with a fixed seed:
+``star-elastic demo [--quick] [--seeds 0,1,2] [--out DIR]`` runs, for every seed:
 
-1. the task: multi-digit addition written as ``Q:a+b=?\\n<think>digit-by-digit scratchpad</think>A:sum``;
+1. the task: addition written as ``Q:a+b=?\\n<think>one line per digit</think>A:sum``. Thinking
+   is long and easy (each line adds two digits and a carry), the answer short and hard (the sum's
+   digits gathered from the lines in reverse, the last carry first). Short problems (few digits)
+   and long ones (the test problems' size) are generated locally;
 2. a tiny hybrid Mamba-2 / attention / MLP / MoE parent trained on it (next-token cross-entropy);
-3. importance estimation and the permutation that makes every submodel a prefix;
-4. one elastic distillation run with the router and the two-stage curriculum for three budgets
-   (100 / 70 / 45 % of the active parameters), the frozen parent as teacher;
+3. importance estimation (Mamba heads on their top channels, eq. 4; layers by iterative
+   normalised-MSE) and the permutation that makes every submodel a prefix;
+4. one elastic distillation run with the router (widths and depth, active-parameter cost) and
+   the two-stage curriculum on whole samples (the short stage trains on the short problems, the
+   long stage on all of them, skewed to the full budget) for 100 / 70 / 45 % of the active
+   parameters, the frozen parent as teacher;
 5. zero-shot slicing of every budget (checked against the masked parent) and its export;
-6. evaluation of every budget and every (think, answer) pair: accuracy, tokens and latency, with
-   the answering budget re-prefilling prompt + thinking at the switch; then every mixed pair again
-   with the cache-transplant switch, to measure what that shortcut costs in accuracy;
-7. the cost of that one elastic run against distilling each smaller budget separately (same steps
-   each), with the accuracy the separately distilled budgets reach;
-8. ``results.json``, ``results.md`` and ``pareto.png`` (accuracy against latency) in ``DIR``, and an
-   elastic checkpoint (``DIR/elastic``: parent + named budgets + tokenizer) plus one exported
-   checkpoint per budget (``DIR/budgets/NAME``).
+6. evaluation of every configuration on the held-out test problems: every budget alone and every
+   (think, answer) pair, each with and without thinking caps. Cost = the modeled decode cost
+   (:func:`configuration_cost`), normalised to the full budget; warm batch-1 wall-clock beside it;
+   the cache-transplant switch against re-prefill on every mixed pair;
+7. separate distillation of every smaller budget's architecture, at the elastic run's total
+   compute (its steps / number of smaller budgets) and at its steps; wall seconds and FLOPs of
+   every arm;
+8. ``results.json`` (its ``claims`` block answers the paper's two claims), ``results.md`` and
+   ``pareto.png`` in ``DIR``, and an elastic checkpoint (``DIR/elastic``) plus one exported
+   checkpoint per budget (``DIR/budgets/NAME``). With several seeds each seed's run goes to
+   ``DIR/seed_K`` and ``DIR`` gets the mean and standard deviation over seeds.
 
-Everything runs on the pure-PyTorch reference kernels, so the model is tiny; the numbers show the
-method's mechanics, not the paper's scale.
+Everything runs on the pure-PyTorch reference kernels, so the model is tiny; the numbers are what
+this run measures at this scale.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import dataclasses
 import json
 import math
 import random
+import statistics
 import time
 from pathlib import Path
 
@@ -34,48 +44,60 @@ import torch
 
 from . import data, schedules
 from .budget import Budget
+from .config import ElasticConfig
 from .elastic_checkpoint import save_elastic
 from .generation import generate
 from .importance import estimate_importance, permute_
 from .losses import next_token_ce
 from .model import ElasticModel
-from .config import ElasticConfig
-from .params import parameter_count
+from .params import decode_bytes_per_token, parameter_count
 from .router import ElasticRouter
 from .slicing import export, slice_model
 from .train import ElasticDistillationTrainer, Stage, TrainConfig, make_student
+
+BUDGETS = (("100%", 1.0), ("70%", 0.7), ("45%", 0.45))
+RHOS = (0.0, 1.0)  # cost of a re-prefilled token relative to a decoded one
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoSettings:
     """Sizes of one demo run (the full run and ``--quick``)."""
 
-    train_examples: int
+    short_examples: int
+    long_examples: int
     test_examples: int
-    min_digits: int
-    max_digits: int
+    short_digits: tuple[int, int]
+    long_digits: tuple[int, int]
     parent_steps: int
     parent_batch: int
     elastic_stage_steps: tuple[int, int]
     elastic_batch: int
-    separate_steps: int
+    thinking_caps: tuple[int, ...]
+    timing_problems: int
     hidden_size: int = 64
-    layer_pattern: str = "M*EM-E"
+    layer_pattern: str = "M*E-M*E"
+    parent_lr: float = 3e-3
+    student_lr: float = 1e-3
+    router_lr: float = 5e-3
+    router_lambda: float = 1.0
 
     @classmethod
     def full(cls) -> "DemoSettings":
-        return cls(train_examples=4000, test_examples=64, min_digits=1, max_digits=2,
-                   parent_steps=400, parent_batch=32, elastic_stage_steps=(150, 150),
-                   elastic_batch=24, separate_steps=300)
+        return cls(short_examples=1500, long_examples=4000, test_examples=512, short_digits=(1, 2),
+                   long_digits=(3, 3), parent_steps=800, parent_batch=32,
+                   elastic_stage_steps=(120, 120), elastic_batch=24, thinking_caps=(0, 8, 16),
+                   timing_problems=16)
 
     @classmethod
     def quick(cls) -> "DemoSettings":
-        return cls(train_examples=600, test_examples=12, min_digits=1, max_digits=2,
-                   parent_steps=60, parent_batch=16, elastic_stage_steps=(8, 8),
-                   elastic_batch=8, separate_steps=16)
+        return cls(short_examples=200, long_examples=400, test_examples=24, short_digits=(1, 2),
+                   long_digits=(3, 3), parent_steps=40, parent_batch=16,
+                   elastic_stage_steps=(6, 6), elastic_batch=8, thinking_caps=(8,),
+                   timing_problems=2)
 
-
-BUDGETS = (("100%", 1.0), ("70%", 0.7), ("45%", 0.45))
+    @property
+    def elastic_steps(self) -> int:
+        return sum(self.elastic_stage_steps)
 
 
 def parent_config(settings: DemoSettings, vocab_size: int) -> ElasticConfig:
@@ -87,21 +109,56 @@ def parent_config(settings: DemoSettings, vocab_size: int) -> ElasticConfig:
         moe_intermediate_size=64, moe_shared_intermediate_size=64, width_granularity=8)
 
 
-def train_parent(model: ElasticModel, tokens: torch.Tensor, mask: torch.Tensor,
-                 settings: DemoSettings, seed: int) -> list[float]:
-    """Next-token training of the parent; returns the loss of every step."""
+# --------------------------------------------------------------------------------------------------
+# 1. The task.
+
+
+@dataclasses.dataclass
+class Task:
+    """Training sequences (short and long problems, encoded whole) and held-out test problems."""
+
+    tokenizer: data.CharTokenizer
+    tokens: torch.Tensor  # (N, L) int64
+    mask: torch.Tensor  # (N, L) bool
+    short_len: int  # tokens of the longest short problem: the short stage's seq_len
+    test: list[data.ArithmeticExample]
+
+
+def make_task(settings: DemoSettings, seed: int) -> Task:
+    tokenizer = data.load_tokenizer("char")
+    test = data.arithmetic_examples(settings.test_examples, min_digits=settings.long_digits[0],
+                                    max_digits=settings.long_digits[1], seed=seed + 1000)
+    held_out = {example.prompt for example in test}
+    short = data.arithmetic_examples(settings.short_examples, min_digits=settings.short_digits[0],
+                                     max_digits=settings.short_digits[1], seed=seed)
+    long = [e for e in data.arithmetic_examples(settings.long_examples, min_digits=settings.long_digits[0],
+                                                max_digits=settings.long_digits[1], seed=seed + 1)
+            if e.prompt not in held_out]
+    lengths = [len(tokenizer.encode(e.text)) + 2 for e in short + long]  # + <bos>, <eos>
+    tokens, mask = data.encode_batch(tokenizer, [e.text for e in short + long], max(lengths),
+                                     truncate=False)
+    return Task(tokenizer, tokens, mask, max(lengths[: len(short)]), test)
+
+
+# --------------------------------------------------------------------------------------------------
+# 2-3. The parent, its importance and permutation.
+
+
+def train_parent(model: ElasticModel, task: Task, settings: DemoSettings, seed: int) -> list[float]:
+    """Next-token training of the parent on all training problems; returns every step's loss."""
     from tqdm.auto import tqdm
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.parent_lr, weight_decay=0.01)
     generator = torch.Generator().manual_seed(seed)
     history = []
     model.train()
     for step in tqdm(range(settings.parent_steps), desc="parent training"):
         for group in optimizer.param_groups:
-            group["lr"] = 3e-3 * schedules.warmup_cosine(step, settings.parent_steps, 20, 0.05)
-        rows = torch.randint(0, tokens.shape[0], (settings.parent_batch,), generator=generator)
-        length = int(mask[rows].sum(1).max())
-        loss = next_token_ce(model(tokens[rows, :length]), tokens[rows, :length], mask[rows, :length])
+            group["lr"] = settings.parent_lr * schedules.warmup_cosine(step, settings.parent_steps, 20, 0.05)
+        rows = torch.randint(0, task.tokens.shape[0], (settings.parent_batch,), generator=generator)
+        length = int(task.mask[rows].sum(1).max())
+        tokens, mask = task.tokens[rows, :length], task.mask[rows, :length]
+        loss = next_token_ce(model(tokens), tokens, mask)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -111,48 +168,173 @@ def train_parent(model: ElasticModel, tokens: torch.Tensor, mask: torch.Tensor,
     return history
 
 
-def evaluate(model, tokenizer, examples, think_budget, answer_budget, *, max_new_tokens: int,
-             switch: str = "reprefill"):
-    """Accuracy, mean generated tokens and mean seconds per problem for one (think, answer) pair,
-    the answering budget taking over by ``switch`` (``"reprefill"`` or ``"transplant"``)."""
-    prompts = [example.prompt for example in examples]
+@torch.no_grad()
+def rank_and_permute(parent: ElasticModel, task: Task) -> tuple[list[int], float]:
+    """Importance on a calibration batch of training problems, then the permutation; returns the
+    layer order (most important first) and the permuted parent's largest logit change."""
+    calibration = [task.tokens[i:i + 16] for i in range(0, 64, 16)]
+    probe = parent(task.tokens[:8])
+    importance = estimate_importance(parent, calibration)
+    permute_(parent, importance)
+    return importance.layer_order, float((parent(task.tokens[:8]) - probe).abs().max())
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. One elastic run; 7. separate distillation (the same trainer with fixed budgets).
+
+
+def curriculum(settings: DemoSettings, task: Task, steps: tuple[int, int]) -> list[Stage]:
+    """Short whole problems first (uniform budgets), then all of them (skewed to the full one)."""
+    return [Stage("short", steps[0], task.short_len, settings.elastic_batch),
+            Stage("long", steps[1], task.tokens.shape[1], settings.elastic_batch, (0.5, 0.3, 0.2))]
+
+
+def distillation_config(settings: DemoSettings, out: Path, stages: list[Stage], names, seed: int) -> TrainConfig:
+    targets = tuple(dict(BUDGETS)[name] for name in names)
+    if len(names) == 1:  # a separate run has one budget: its stages sample only that one
+        stages = [dataclasses.replace(stage, budget_weights=None) for stage in stages]
+    return TrainConfig(stages=stages, budget_names=tuple(names), budget_targets=targets,
+                       lr=settings.student_lr, router_lr=settings.router_lr,
+                       router_lambda=settings.router_lambda, warmup_steps=5, out_dir=str(out),
+                       ce_weight=0.0, seed=seed)
+
+
+def elastic_run(parent: ElasticModel, layer_order: list[int], task: Task, settings: DemoSettings,
+                out: Path, seed: int):
+    """(student, trained budgets, trainer history, seconds) of the one elastic run."""
+    student = make_student(parent)
+    names = tuple(name for name, _ in BUDGETS)
+    config = distillation_config(settings, out, curriculum(settings, task, settings.elastic_stage_steps),
+                                 names, seed)
+    router = ElasticRouter(student.config, names, config.budget_targets, cost="active",
+                           layer_order=layer_order)
+    trainer = ElasticDistillationTrainer(parent, student, router, task.tokens, task.mask, config)
     start = time.perf_counter()
-    results = generate(model, tokenizer, prompts, think_budget=think_budget,
-                       answer_budget=answer_budget, max_new_tokens=max_new_tokens, stop=("\n",),
-                       switch=switch)
+    history = trainer.train()
     seconds = time.perf_counter() - start
-    correct = sum(data.parse_answer(r.answer) == data.parse_answer(e.answer)
-                  for r, e in zip(results, examples))
+    student.eval()
+    return student, trainer.trained_budgets(), history, seconds, router
+
+
+def separate_run(parent: ElasticModel, name: str, budget: Budget, task: Task, settings: DemoSettings,
+                 out: Path, seed: int, steps: tuple[int, int], arm: str):
+    """Distil ``budget``'s fixed architecture alone; returns (student, history, seconds)."""
+    student = make_student(parent)
+    config = distillation_config(settings, out, curriculum(settings, task, steps), (name,), seed)
+    trainer = ElasticDistillationTrainer(parent, student, None, task.tokens, task.mask, config,
+                                         budgets={name: budget},
+                                         label=f"separate distillation of {name} ({arm})")
+    start = time.perf_counter()
+    history = trainer.train()
+    seconds = time.perf_counter() - start
+    student.eval()
+    return student, history, seconds
+
+
+def split_steps(total: int, stage_steps: tuple[int, int]) -> tuple[int, int]:
+    """``total`` steps split between the two stages in the elastic run's proportion."""
+    first = round(total * stage_steps[0] / sum(stage_steps))
+    return max(first, 1), max(total - first, 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# 6. Evaluation: accuracy and modeled decode cost of every configuration.
+
+
+def configuration_cost(think_bytes: int, answer_bytes: int, *, prompt_tokens: int, thinking_tokens: int,
+                       answer_tokens: int, reprefill: bool, rho: float) -> float:
+    """Modeled decode cost of one problem, in weight bytes read.
+
+    Every sampled token costs the weight bytes per token of the budget that samples it (decoding
+    is memory-bound): the thinking and its ``</think>`` at the thinking budget, the answer tokens
+    at the answering budget. A re-prefill at the switch (the budgets differ) feeds the prompt, the
+    thinking and ``</think>`` again at the answering budget, each token costing ``rho`` times a
+    decoded one (``rho = 0``: prefill is free, the GPU case for short contexts; ``1``: as dear as
+    decoding). The first prompt prefill is the same for every configuration and is left out.
+    """
+    cost = (thinking_tokens + 1) * think_bytes + answer_tokens * answer_bytes
+    if reprefill:
+        cost += rho * (prompt_tokens + thinking_tokens + 1) * answer_bytes
+    return cost
+
+
+def evaluate(model: ElasticModel, task: Task, budgets: dict[str, Budget], think: str, answer: str, *,
+             cap: int | None = None, switch: str = "reprefill", max_new_tokens: int) -> dict:
+    """Accuracy, mean tokens and modeled decode cost (in weight bytes, per problem, for every rho)
+    of one configuration on the test problems (one batch)."""
+    results = generate(model, task.tokenizer, [e.prompt for e in task.test], think_budget=budgets[think],
+                       answer_budget=budgets[answer], max_new_tokens=max_new_tokens,
+                       max_thinking_tokens=cap, stop=("\n",), switch=switch)
+    correct = [data.parse_answer(r.answer) == data.parse_answer(e.answer) for r, e in zip(results, task.test)]
+    think_bytes = decode_bytes_per_token(model.config, budgets[think])
+    answer_bytes = decode_bytes_per_token(model.config, budgets[answer])
+    reprefill = switch == "reprefill" and budgets[think] != budgets[answer]
+    costs = {rho: [configuration_cost(
+        think_bytes, answer_bytes, prompt_tokens=len(task.tokenizer.encode(e.prompt)) + 2,
+        thinking_tokens=r.thinking_tokens, answer_tokens=r.answer_tokens, reprefill=reprefill, rho=rho)
+        for r, e in zip(results, task.test)] for rho in RHOS}
+    count = len(task.test)
     return {
-        "accuracy": correct / len(examples),
-        "thinking_tokens": sum(r.thinking_tokens for r in results) / len(results),
-        "answer_tokens": sum(r.answer_tokens for r in results) / len(results),
-        "seconds_per_problem": seconds / len(examples),
-        # the phases run batched: every row carries its batch's phase time, so take one row's
-        "thinking_seconds": results[0].thinking_seconds / len(examples),
-        "switch_seconds": results[0].switch_seconds / len(examples),
+        "think": think, "answer": answer, "thinking_cap": cap, "switch": switch,
+        "accuracy": sum(correct) / count,
+        "thinking_tokens": sum(r.thinking_tokens for r in results) / count,
+        "answer_tokens": sum(r.answer_tokens for r in results) / count,
+        "capped": sum(r.thinking_capped for r in results) / count,
+        "bytes_per_problem": {str(rho): sum(c) / count for rho, c in costs.items()},
     }
 
 
-def _elastic_config(settings: DemoSettings, out: Path, seq_len: int, **overrides) -> TrainConfig:
-    short = max(16, seq_len // 2)
-    fields = dict(
-        stages=[Stage("short", settings.elastic_stage_steps[0], short, settings.elastic_batch),
-                Stage("long", settings.elastic_stage_steps[1], seq_len, settings.elastic_batch,
-                      (0.5, 0.3, 0.2))],
-        budget_names=tuple(name for name, _ in BUDGETS),
-        budget_targets=tuple(target for _, target in BUDGETS),
-        # lambda 4: at lambda 1 the distillation term outweighed the cost term and the 70% budget
-        # settled at 56-63% of the parameters; in a trial of this demo lambda 4 put the 70% and 45%
-        # budgets at 0.69 and 0.44 (the demo prints what each run reaches).
-        lr=1e-3, router_lr=1e-2, router_lambda=4.0, warmup_steps=5, out_dir=str(out),
-        ce_weight=0.0)
-    fields.update(overrides)
-    return TrainConfig(**fields)
+def warm_latency(model: ElasticModel, task: Task, budgets: dict[str, Budget], think: str, answer: str,
+                 *, problems: int, max_new_tokens: int) -> float:
+    """Warm wall-clock seconds per problem at batch 1 (one untimed problem first)."""
+    examples = task.test[: problems + 1]
+    times = []
+    for index, example in enumerate(examples):
+        start = time.perf_counter()
+        generate(model, task.tokenizer, [example.prompt], think_budget=budgets[think],
+                 answer_budget=budgets[answer], max_new_tokens=max_new_tokens, stop=("\n",))
+        if index:  # the first pays the warm-up
+            times.append(time.perf_counter() - start)
+    return sum(times) / len(times)
+
+
+def normalise_costs(configurations: list[dict]) -> None:
+    """Adds ``cost`` {rho: cost / cost of the full budget without a cap} to every configuration."""
+    full = next(c for c in configurations if c["think"] == c["answer"] == BUDGETS[0][0]
+                and c["thinking_cap"] is None and c["switch"] == "reprefill")
+    for configuration in configurations:
+        configuration["cost"] = {rho: configuration["bytes_per_problem"][rho] / full["bytes_per_problem"][rho]
+                                 for rho in configuration["bytes_per_problem"]}
+
+
+def dominated_pairs(configurations: list[dict], rho: str) -> list[dict]:
+    """Every (mixed pair, fixed configuration) where the pair is at least as accurate and at most as
+    costly at ``rho``, strictly better in one of the two."""
+    mixed = [c for c in configurations if c["think"] != c["answer"] and c["switch"] == "reprefill"]
+    fixed = [c for c in configurations if c["think"] == c["answer"]]
+    found = []
+    for m in mixed:
+        for f in fixed:
+            better_or_equal = m["accuracy"] >= f["accuracy"] and m["cost"][rho] <= f["cost"][rho]
+            strictly = m["accuracy"] > f["accuracy"] or m["cost"][rho] < f["cost"][rho]
+            if better_or_equal and strictly:
+                found.append({"pair": _label(m), "dominates": _label(f), "accuracy": m["accuracy"],
+                              "cost": m["cost"][rho], "dominated_accuracy": f["accuracy"],
+                              "dominated_cost": f["cost"][rho]})
+    return found
+
+
+def _label(configuration: dict) -> str:
+    cap = configuration["thinking_cap"]
+    return f"{configuration['think']}->{configuration['answer']}" + ("" if cap is None else f" cap {cap}")
+
+
+# --------------------------------------------------------------------------------------------------
+# One seed.
 
 
 def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0) -> dict:
-    """Run the whole pipeline; returns the results written to ``out/results.json``."""
+    """Run the whole pipeline for one seed; returns the results written to ``out/results.json``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     settings = DemoSettings.quick() if quick else DemoSettings.full()
@@ -160,207 +342,397 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0) -> dict:
     random.seed(seed)
     timings = {}
 
-    # 1. The task.
-    tokenizer = data.load_tokenizer("char")
-    train_examples = data.arithmetic_examples(settings.train_examples, min_digits=settings.min_digits,
-                                              max_digits=settings.max_digits, seed=seed)
-    test_examples = data.arithmetic_examples(settings.test_examples, min_digits=settings.min_digits,
-                                             max_digits=settings.max_digits, seed=seed + 1)
-    seq_len = max(len(tokenizer.encode(e.text)) for e in train_examples) + 2
-    tokens, mask = data.encode_batch(tokenizer, [e.text for e in train_examples], seq_len)
-    vocab = 8 * math.ceil(tokenizer.vocab_size / 8)
+    task = make_task(settings, seed)
+    max_new = task.tokens.shape[1]
+    vocab = 8 * math.ceil(task.tokenizer.vocab_size / 8)
 
-    # 2. The parent.
     parent = ElasticModel(parent_config(settings, vocab))
     start = time.perf_counter()
-    parent_losses = train_parent(parent, tokens, mask, settings, seed)
+    parent_losses = train_parent(parent, task, settings, seed)
     timings["parent_training_seconds"] = time.perf_counter() - start
 
-    # 3. Importance and permutation (on a calibration batch of training problems).
     start = time.perf_counter()
-    calibration = [tokens[i:i + 16, :seq_len] for i in range(0, 64, 16)]
-    with torch.no_grad():
-        probe = parent(tokens[:8])
-        permute_(parent, estimate_importance(parent, calibration, rank_depth=False))
-        permutation_error = float((parent(tokens[:8]) - probe).abs().max())
+    layer_order, permutation_error = rank_and_permute(parent, task)
     timings["importance_seconds"] = time.perf_counter() - start
 
-    # 4. One elastic distillation run over all budgets.
-    teacher = parent
-    student = make_student(parent)
-    config = _elastic_config(settings, out / "elastic_run", seq_len)
-    router = ElasticRouter(student.config, config.budget_names, config.budget_targets)
-    trainer = ElasticDistillationTrainer(teacher, student, router, tokens, mask, config)
-    start = time.perf_counter()
-    trainer.train()
-    timings["elastic_run_seconds"] = time.perf_counter() - start
-    budgets = trainer.trained_budgets()
-    student.eval()
+    student, budgets, history, elastic_seconds, router = elastic_run(
+        parent, layer_order, task, settings, out / "elastic_run", seed)
+    timings["elastic_run_seconds"] = elastic_seconds
 
     # 5. Zero-shot slicing, checked against the masked parent, and export.
-    probe_ids = tokens[:4]
+    probe_ids = task.tokens[:4]
     slicing_error = {}
     with torch.no_grad():
         for name, budget in budgets.items():
             child = slice_model(student, budget)
             slicing_error[name] = float((child(probe_ids) - student(probe_ids, budget)).abs().max())
             export(student, budget, out / "budgets" / name)
-    save_elastic(student, budgets, out / "elastic", tokenizer=tokenizer)
+    save_elastic(student, budgets, out / "elastic", tokenizer=task.tokenizer)
 
-    # 6. Every budget and every (think, answer) pair.
-    max_new = seq_len
-    parent_params = parameter_count(student.config)
-    pairs = {}
-    for think_name, think_budget in budgets.items():
-        for answer_name, answer_budget in budgets.items():
-            with torch.no_grad():
-                metrics = evaluate(student, tokenizer, test_examples, think_budget, answer_budget,
-                                   max_new_tokens=max_new)
-            pairs[f"{think_name}->{answer_name}"] = {"think": think_name, "answer": answer_name,
-                                                     **metrics}
-    # The cache-transplant switch (the answering budget reuses the thinking budget's sliced or
-    # padded caches instead of re-prefilling) is approximate: measure what it costs per mixed pair.
-    transplant = {}
-    for key, pair in pairs.items():
-        if pair["think"] == pair["answer"]:
-            continue
-        with torch.no_grad():
-            metrics = evaluate(student, tokenizer, test_examples, budgets[pair["think"]],
-                               budgets[pair["answer"]], max_new_tokens=max_new, switch="transplant")
-        transplant[key] = {"think": pair["think"], "answer": pair["answer"], **metrics,
-                           "reprefill_accuracy": pair["accuracy"],
-                           "accuracy_cost": pair["accuracy"] - metrics["accuracy"],
-                           "reprefill_switch_seconds": pair["switch_seconds"]}
+    # 6. Every configuration: budgets alone and every pair, with and without thinking caps.
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    caps = (None, *settings.thinking_caps)
+    plan = [(t, a, cap) for t in budgets for a in budgets for cap in caps]
+    configurations = []
     with torch.no_grad():
-        parent_metrics = evaluate(parent, tokenizer, test_examples, None, None, max_new_tokens=max_new)
-    per_budget = {}
-    for name, budget in budgets.items():
-        count = parameter_count(student.config, budget)
-        per_budget[name] = {
-            "target_fraction": dict(BUDGETS)[name],
-            "active_params": count.active, "total_params": count.total,
-            "active_fraction": count.active / parent_params.active,
-            "budget": budget.to_dict(), "slicing_max_abs_error": slicing_error[name],
-            **{k: v for k, v in pairs[f"{name}->{name}"].items() if k not in ("think", "answer")},
-        }
+        for think, answer, cap in tqdm(plan, desc="evaluating configurations"):
+            configurations.append(evaluate(student, task, budgets, think, answer, cap=cap,
+                                           max_new_tokens=max_new))
+        transplant = [evaluate(student, task, budgets, t, a, switch="transplant", max_new_tokens=max_new)
+                      for t in budgets for a in budgets if t != a]
+        parent_accuracy = evaluate(parent, task, {"parent": Budget()}, "parent", "parent",
+                                   max_new_tokens=max_new)["accuracy"]
+        for configuration in tqdm([c for c in configurations if c["thinking_cap"] is None],
+                                  desc="timing configurations (batch 1)"):
+            configuration["warm_seconds_per_problem"] = warm_latency(
+                student, task, budgets, configuration["think"], configuration["answer"],
+                problems=settings.timing_problems, max_new_tokens=max_new)
+    normalise_costs(configurations + transplant)
+    timings["evaluation_seconds"] = time.perf_counter() - start
 
-    # 7. Separate distillation of each smaller budget (fixed architecture, same steps each).
+    # 7. Separate distillation of each smaller budget: equal total compute and equal steps.
+    children = [name for name, _ in BUDGETS[1:]]
+    arms = {"equal_compute": split_steps(settings.elastic_steps // len(children), settings.elastic_stage_steps),
+            "equal_steps": settings.elastic_stage_steps}
     separate = {}
-    for name, budget in list(budgets.items())[1:]:
-        single = make_student(parent)
-        separate_config = _elastic_config(
-            settings, out / f"separate_{name.rstrip('%')}", seq_len,
-            stages=[Stage("separate", settings.separate_steps, seq_len, settings.elastic_batch)],
-            budget_names=(name,), budget_targets=(dict(BUDGETS)[name],))
-        start = time.perf_counter()
-        ElasticDistillationTrainer(parent, single, None, tokens, mask, separate_config,
-                                   budgets={name: budget}).train()
-        elapsed = time.perf_counter() - start
-        single.eval()
-        with torch.no_grad():
-            metrics = evaluate(single, tokenizer, test_examples, budget, budget, max_new_tokens=max_new)
-        separate[name] = {"seconds": elapsed, "steps": settings.separate_steps,
-                          "accuracy": metrics["accuracy"]}
-    elastic_steps = sum(settings.elastic_stage_steps)
-    cost = {
-        "elastic_run": {"seconds": timings["elastic_run_seconds"], "steps": elastic_steps,
-                        "budgets_trained": len(budgets)},
-        "separate_runs": separate,
-        "separate_total_seconds": sum(s["seconds"] for s in separate.values()),
-        "separate_total_steps": sum(s["steps"] for s in separate.values()),
-    }
+    start = time.perf_counter()
+    for name in children:
+        separate[name] = {}
+        for arm, steps in arms.items():
+            single, single_history, seconds = separate_run(
+                parent, name, budgets[name], task, settings, out / f"separate_{name.rstrip('%')}_{arm}",
+                seed, steps, arm.replace("_", " "))
+            with torch.no_grad():
+                metrics = evaluate(single, task, {name: budgets[name]}, name, name, max_new_tokens=max_new)
+            separate[name][arm] = {"steps": sum(steps), "seconds": seconds, "accuracy": metrics["accuracy"],
+                                   "flops": sum(m["flops"] for m in single_history)}
+    timings["separate_runs_seconds"] = time.perf_counter() - start
 
-    # 8. The report.
-    full_name = BUDGETS[0][0]
-    full = pairs[f"{full_name}->{full_name}"]
-    mixed = [p for key, p in pairs.items() if p["think"] != p["answer"] and p["answer"] == full_name]
-    best_mixed = max(mixed, key=lambda p: (p["accuracy"], -p["seconds_per_problem"])) if mixed else None
     results = {
         "settings": dataclasses.asdict(settings), "seed": seed, "quick": quick,
-        "parent": {"final_loss": parent_losses[-1], "first_loss": parent_losses[0],
-                   "params": dataclasses.asdict(parent_params), **parent_metrics},
+        "parent": {"first_loss": parent_losses[0], "final_loss": parent_losses[-1],
+                   "accuracy": parent_accuracy, "params": dataclasses.asdict(parameter_count(parent.config))},
         "permutation_max_abs_error": permutation_error,
-        "budgets": per_budget, "pairs": pairs, "transplant": transplant, "training_cost": cost,
-        "timings": timings,
-        "think_small_answer_large": None if best_mixed is None else {
-            **best_mixed,
-            # Matching a model that solves nothing proves nothing: demand a non-zero full accuracy.
-            "reaches_full_accuracy": full["accuracy"] > 0 and best_mixed["accuracy"] >= full["accuracy"],
-            "latency_ratio_vs_full": best_mixed["seconds_per_problem"] / full["seconds_per_problem"],
+        "layer_order": layer_order,
+        "budgets": _budget_rows(student, budgets, configurations, slicing_error),
+        "router": _router_report(history, budgets, router, settings),
+        "curriculum": _stage_switch(history, settings),
+        "configurations": configurations,
+        "transplant": transplant,
+        "training_cost": {
+            "elastic_run": {"steps": settings.elastic_steps, "seconds": elastic_seconds,
+                            "flops": sum(m["flops"] for m in history), "budgets_trained": len(budgets)},
+            "separate": separate,
         },
+        "timings": timings,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(render_markdown(results))
-    plot_pareto(results, out / "pareto.png")
+    results["claims"] = claims([results])
+    _write_reports(out, results, [results])
     return results
 
 
-def render_markdown(results: dict) -> str:
+def _budget_rows(student, budgets, configurations, slicing_error) -> dict:
+    parent = parameter_count(student.config)
+    rows = {}
+    for name, budget in budgets.items():
+        count = parameter_count(student.config, budget)
+        alone = next(c for c in configurations if c["think"] == c["answer"] == name and c["thinking_cap"] is None)
+        rows[name] = {
+            "target_fraction": dict(BUDGETS)[name], "active_params": count.active,
+            "total_params": count.total, "active_fraction": count.active / parent.active,
+            "decode_bytes_per_token": decode_bytes_per_token(student.config, budget),
+            "architecture": budget.to_dict(), "slicing_max_abs_error": slicing_error[name],
+            "accuracy": alone["accuracy"], "thinking_tokens": alone["thinking_tokens"],
+            "cost": alone["cost"]["1.0"], "warm_seconds_per_problem": alone["warm_seconds_per_problem"],
+        }
+    return rows
+
+
+def _router_report(history: list[dict], budgets, router: ElasticRouter, settings: DemoSettings) -> dict:
+    """Per budget: how long the router kept searching (distinct sampled architectures after the
+    first 10% of the run, the last step the sample changed) and what it settled on."""
+    report = {"axes": [a.name for a in router.axes], "not_routed": [a.name for a in router.excluded_axes]}
+    tenth = len(history) // 10
+    for name, target in BUDGETS[1:]:
+        sampled = [m[f"arch/{name}"] for m in history]
+        changes = [step for step in range(1, len(sampled)) if sampled[step] != sampled[step - 1]]
+        report[name] = {"distinct_after_first_tenth": len(set(sampled[tenth:])),
+                        "last_change_step": changes[-1] if changes else 0, "steps": len(history),
+                        "sampled_cost": [m[f"cost/{name}"] for m in history]}
+    return report
+
+
+def _stage_switch(history: list[dict], settings: DemoSettings) -> dict:
+    """Mean KD of every budget over the last steps of the short stage and the first of the long."""
+    switch = settings.elastic_stage_steps[0]
+    window = max(1, min(10, switch, settings.elastic_stage_steps[1]))
+    report = {"switch_step": switch, "window": window}
+    for name, _ in BUDGETS:
+        def mean(rows):
+            values = [m[f"kd/{name}"] for m in rows if m[f"kd/{name}"] is not None]
+            return sum(values) / len(values) if values else None
+        before, after = mean(history[switch - window:switch]), mean(history[switch:switch + window])
+        report[name] = {"kd_before": before, "kd_after": after,
+                        "ratio": after / before if before and after is not None else None}
+    return report
+
+
+# --------------------------------------------------------------------------------------------------
+# The claims and the reports (one seed or the mean over seeds).
+
+
+def claims(runs: list[dict]) -> dict:
+    """``results.json["claims"]`` (accuracies as fractions; means over the seeds' runs)."""
+    mean = lambda values: sum(values) / len(values)
+    nested = []
+    for name, _ in BUDGETS[1:]:
+        nested.append({"budget": name,
+                       "elastic": mean([r["budgets"][name]["accuracy"] for r in runs]),
+                       "separate_equal_compute": mean([r["training_cost"]["separate"][name]["equal_compute"]["accuracy"]
+                                                       for r in runs]),
+                       "separate_equal_steps": mean([r["training_cost"]["separate"][name]["equal_steps"]["accuracy"]
+                                                     for r in runs])})
+    frontier = []
+    for index, first in enumerate(runs[0]["configurations"]):
+        same = [r["configurations"][index] for r in runs]
+        frontier.append({"think": first["think"], "answer": first["answer"], "thinking_cap": first["thinking_cap"],
+                         "accuracy": mean([c["accuracy"] for c in same]),
+                         "cost": mean([c["cost"]["1.0"] for c in same])})
+    return {"test_problems": len(runs[0]["configurations"]) and runs[0]["settings"]["test_examples"],
+            "seeds": [r["seed"] for r in runs], "nested_vs_separate": nested, "frontier": frontier}
+
+
+def _mean_configurations(runs: list[dict]) -> list[dict]:
+    """The configurations with accuracy and costs averaged over the runs (and their std)."""
+    averaged = []
+    for index, first in enumerate(runs[0]["configurations"]):
+        same = [r["configurations"][index] for r in runs]
+        row = {key: first[key] for key in ("think", "answer", "thinking_cap", "switch")}
+        row["accuracy"] = statistics.fmean(c["accuracy"] for c in same)
+        row["accuracy_std"] = statistics.pstdev(c["accuracy"] for c in same)
+        row["thinking_tokens"] = statistics.fmean(c["thinking_tokens"] for c in same)
+        row["cost"] = {rho: statistics.fmean(c["cost"][rho] for c in same) for rho in first["cost"]}
+        if "warm_seconds_per_problem" in first:
+            row["warm_seconds_per_problem"] = statistics.fmean(c["warm_seconds_per_problem"] for c in same)
+        averaged.append(row)
+    return averaged
+
+
+def _write_reports(out: Path, results: dict, runs: list[dict]) -> None:
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(render_markdown(results, runs))
+    plot_pareto(_mean_configurations(runs), out / "pareto.png",
+                title=f"Star Elastic demo, {len(runs)} seed{'s' if len(runs) > 1 else ''}")
+
+
+def _pm(values: list[float], fmt: str = "{:.1%}") -> str:
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.fmean(values))} ± {fmt.format(statistics.pstdev(values))}"
+
+
+def _points(value: float) -> str:
+    """A difference of accuracies as signed percentage points (-3.1 pt)."""
+    return f"{100 * value:+.1f} pt".replace("-", "−")
+
+
+def render_markdown(results: dict, runs: list[dict]) -> str:
+    c = results["claims"]
+    seeds = ", ".join(str(s) for s in c["seeds"])
+    first = runs[0]
     lines = ["# Star Elastic demo results", "",
-             f"Seed {results['seed']}, {'quick' if results['quick'] else 'full'} run. Parent loss "
-             f"{results['parent']['first_loss']:.3f} -> {results['parent']['final_loss']:.3f}; "
-             f"trained parent accuracy {results['parent']['accuracy']:.1%}.", "",
-             "## Budgets", "",
-             "| budget | active params | fraction | accuracy | thinking tokens | s / problem | slicing error |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, b in results["budgets"].items():
-        lines.append(f"| {name} | {b['active_params']:,} | {b['active_fraction']:.2f} | "
-                     f"{b['accuracy']:.1%} | {b['thinking_tokens']:.1f} | "
-                     f"{b['seconds_per_problem']:.3f} | {b['slicing_max_abs_error']:.1e} |")
-    lines += ["", "## Think with one budget, answer with another", "",
-              "| think -> answer | accuracy | thinking tokens | answer tokens | s / problem |",
+             f"{'Quick' if first['quick'] else 'Full'} run, seed{'s' if len(runs) > 1 else ''} {seeds}; "
+             f"{c['test_problems']} held-out test problems of {first['settings']['long_digits'][0]}"
+             f"-{first['settings']['long_digits'][1]} digits; accuracies as mean ± std over seeds where "
+             "there are several. Cost = modeled decode cost (weight bytes read per decoded token, "
+             "summed over the problem's tokens; re-prefilled tokens x rho), 1.0 = the full budget "
+             "without a thinking cap.", "",
+             f"Parent accuracy {_pm([r['parent']['accuracy'] for r in runs])} (loss "
+             f"{_pm([r['parent']['first_loss'] for r in runs], '{:.3f}')} -> "
+             f"{_pm([r['parent']['final_loss'] for r in runs], '{:.3f}')}).", "",
+             "## The claims", ""]
+    lines += _claims_in_words(results, runs)
+    lines += ["", "## Budgets (one elastic run)", "",
+              "| budget | seed | active params | fraction | architecture | accuracy | cost | warm s / problem |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for run in runs:
+        for name, b in run["budgets"].items():
+            architecture = ", ".join(f"{k}={v}" for k, v in b["architecture"].items()) or "parent"
+            lines.append(f"| {name} | {run['seed']} | {b['active_params']:,} | {b['active_fraction']:.2f} | "
+                         f"{architecture} | {b['accuracy']:.1%} | {b['cost']:.2f} | "
+                         f"{b['warm_seconds_per_problem'] * 1000:.1f} ms |")
+    lines += ["", "## Every configuration", "",
+              "| think -> answer | thinking cap | accuracy | thinking tokens | cost (rho=0) | cost (rho=1) |"
+              " warm s / problem |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in _mean_configurations(runs):
+        accuracy = f"{row['accuracy']:.1%}" + (f" ± {row['accuracy_std']:.1%}" if len(runs) > 1 else "")
+        warm = row.get("warm_seconds_per_problem")
+        lines.append(f"| {row['think']}->{row['answer']} | {row['thinking_cap'] if row['thinking_cap'] is not None else '—'} | "
+                     f"{accuracy} | {row['thinking_tokens']:.1f} | {row['cost']['0.0']:.2f} | "
+                     f"{row['cost']['1.0']:.2f} | {'' if warm is None else f'{warm * 1000:.1f} ms'} |")
+    lines += ["", "Warm wall-clock: batch 1, first problem untimed, "
+              f"{first['settings']['timing_problems']} problems per configuration, this CPU. At this size "
+              "decoding is overhead-bound, so the seconds barely follow the budget; the modeled cost "
+              "is what a memory-bound GPU decode would pay.", "",
+              "## Cache transplant instead of re-prefill at the switch", "",
+              "| think -> answer | accuracy (re-prefill) | accuracy (transplant) | lost | cost rho=1 (transplant) |",
               "| --- | --- | --- | --- | --- |"]
-    for key, p in results["pairs"].items():
-        lines.append(f"| {key} | {p['accuracy']:.1%} | {p['thinking_tokens']:.1f} | "
-                     f"{p['answer_tokens']:.1f} | {p['seconds_per_problem']:.3f} |")
-    mixed = results["think_small_answer_large"]
-    if mixed:
-        verdict = "reaches" if mixed["reaches_full_accuracy"] else "does not reach"
-        lines += ["", f"Best think-small / answer-large pair: {mixed['think']} -> {mixed['answer']}, "
-                      f"{verdict} the full model's accuracy ({mixed['accuracy']:.1%}) at "
-                      f"{mixed['latency_ratio_vs_full']:.2f}x its latency."]
-    lines += ["", "## Cache transplant instead of re-prefill at the switch", "",
-              "| think -> answer | accuracy (re-prefill) | accuracy (transplant) | cost | "
-              "switch s (re-prefill) | switch s (transplant) |",
-              "| --- | --- | --- | --- | --- | --- |"]
-    for key, t in results["transplant"].items():
-        lines.append(f"| {key} | {t['reprefill_accuracy']:.1%} | {t['accuracy']:.1%} | "
-                     f"{t['accuracy_cost']:+.1%} | {t['reprefill_switch_seconds']:.4f} | "
-                     f"{t['switch_seconds']:.4f} |")
-    cost = results["training_cost"]
-    lines += ["", "## Training cost", "",
-              "| run | steps | seconds | budgets trained |", "| --- | --- | --- | --- |",
-              f"| one elastic run | {cost['elastic_run']['steps']} | "
-              f"{cost['elastic_run']['seconds']:.1f} | {cost['elastic_run']['budgets_trained']} |"]
-    for name, run in cost["separate_runs"].items():
-        lines.append(f"| separate distillation of {name} | {run['steps']} | {run['seconds']:.1f} | "
-                     f"1 (accuracy {run['accuracy']:.1%}) |")
+    for run in runs:
+        for t in run["transplant"]:
+            reprefill = next(c for c in run["configurations"] if c["think"] == t["think"]
+                             and c["answer"] == t["answer"] and c["thinking_cap"] is None)
+            lines.append(f"| {t['think']}->{t['answer']} (seed {run['seed']}) | {reprefill['accuracy']:.1%} | "
+                         f"{t['accuracy']:.1%} | {_points(t['accuracy'] - reprefill['accuracy'])} | "
+                         f"{t['cost']['1.0']:.2f} |")
+    lines += ["", "## Training cost", ""]
+    lines += _training_cost_in_words(runs)
+    lines += ["", "## The router and the curriculum", ""]
+    for run in runs:
+        router = run["router"]
+        lines.append(f"Seed {run['seed']}: routed axes {', '.join(router['axes'])}; not routed (they do not "
+                     f"change active parameters): {', '.join(router['not_routed']) or 'none'}; layer order "
+                     f"(most important first) {run['layer_order']}.")
+        for name, _ in BUDGETS[1:]:
+            r = router[name]
+            lines.append(f"- {name}: {r['distinct_after_first_tenth']} distinct sampled architectures after the "
+                         f"first tenth of the run; the sample last changed at step {r['last_change_step']} of "
+                         f"{r['steps']}.")
+        switch = run["curriculum"]
+        kd = "; ".join(f"{name} {s['kd_before']:.4f} -> {s['kd_after']:.4f}"
+                       for name, s in switch.items() if isinstance(s, dict) and s["kd_before"] is not None
+                       and s["kd_after"] is not None)
+        lines.append(f"- KD loss per budget over the {switch['window']} steps before and after the stage "
+                     f"switch (step {switch['switch_step']}): {kd}.")
     return "\n".join(lines) + "\n"
 
 
-def plot_pareto(results: dict, path: Path) -> None:
-    """Accuracy against seconds per problem for every (think, answer) pair, frontier drawn."""
+def _claims_in_words(results: dict, runs: list[dict]) -> list[str]:
+    lines = []
+    nested = results["claims"]["nested_vs_separate"]
+    within = [row for row in nested if row["elastic"] >= row["separate_equal_compute"] - 0.02]
+    for row in nested:
+        lines.append(f"- {row['budget']}: nested (one elastic run) {row['elastic']:.1%}; distilled separately at "
+                     f"equal total compute {row['separate_equal_compute']:.1%} "
+                     f"({_points(row['elastic'] - row['separate_equal_compute'])}), at equal steps "
+                     f"{row['separate_equal_steps']:.1%} ({_points(row['elastic'] - row['separate_equal_steps'])}).")
+    verdict = "holds" if len(within) == len(nested) else "does not hold"
+    lines.append(f"- (a) Every nested budget within 2 points of (or above) its separately distilled twin at equal "
+                 f"total compute: **{verdict}** ({len(within)} of {len(nested)} budgets).")
+    configurations = _mean_configurations(runs)
+    for rho, words in (("1.0", "rho = 1 (a re-prefilled token costs a decoded one)"),
+                       ("0.0", "rho = 0 (re-prefill free)")):
+        found = dominated_pairs(configurations, rho)
+        if found:
+            best = max(found, key=lambda d: (d["accuracy"] - d["dominated_accuracy"], -d["cost"]))
+            lines.append(f"- (b) at {words}: **some think-small / answer-large pair Pareto-dominates a fixed "
+                         f"configuration** ({len(found)} such pairs of configurations), e.g. {best['pair']} "
+                         f"({best['accuracy']:.1%} at cost {best['cost']:.2f}) over {best['dominates']} "
+                         f"({best['dominated_accuracy']:.1%} at cost {best['dominated_cost']:.2f}).")
+        else:
+            lines.append(f"- (b) at {words}: **no mixed pair Pareto-dominates a fixed configuration**.")
+    lines.append("  At rho = 1 a re-prefill costs the answering budget as many token-costs as the thinking "
+                 "had, so a small thinker cannot be cheaper than the answering budget thinking itself; "
+                 "the pair can only win where re-prefill is cheap (rho near 0, prefill running in "
+                 "parallel on a GPU) or against a costlier fixed configuration.")
+    return lines
+
+
+def _training_cost_in_words(runs: list[dict]) -> list[str]:
+    lines = ["| arm | seed | steps | wall s | FLOPs | accuracy |", "| --- | --- | --- | --- | --- | --- |"]
+    for run in runs:
+        cost = run["training_cost"]
+        elastic = cost["elastic_run"]
+        lines.append(f"| one elastic run (all {elastic['budgets_trained']} budgets) | {run['seed']} | "
+                     f"{elastic['steps']} | {elastic['seconds']:.1f} | {elastic['flops']:.3g} | "
+                     + ", ".join(f"{n} {run['budgets'][n]['accuracy']:.1%}" for n in run["budgets"]) + " |")
+        for name, arms in cost["separate"].items():
+            for arm, value in arms.items():
+                lines.append(f"| separate {name}, {arm.replace('_', ' ')} | {run['seed']} | {value['steps']} | "
+                             f"{value['seconds']:.1f} | {value['flops']:.3g} | {value['accuracy']:.1%} |")
+    run = runs[0]
+    cost = run["training_cost"]
+    compute = sum(arms["equal_compute"]["flops"] for arms in cost["separate"].values())
+    steps = sum(arms["equal_steps"]["flops"] for arms in cost["separate"].values())
+    seconds_compute = sum(arms["equal_compute"]["seconds"] for arms in cost["separate"].values())
+    seconds_steps = sum(arms["equal_steps"]["seconds"] for arms in cost["separate"].values())
+    elastic = cost["elastic_run"]
+    lines += ["", f"In words (seed {run['seed']}): the one elastic run trained all {elastic['budgets_trained']} "
+              f"budgets in {elastic['steps']} steps, {elastic['seconds']:.0f} s and {elastic['flops']:.3g} FLOPs "
+              f"(teacher forwards counted). Distilling the {len(cost['separate'])} smaller budgets separately "
+              f"took {seconds_compute:.0f} s and {compute:.3g} FLOPs together at equal total compute "
+              f"({compute / elastic['flops']:.2f}x the elastic run's FLOPs; each child gets the elastic run's "
+              f"steps / {len(cost['separate'])}), and {seconds_steps:.0f} s and {steps:.3g} FLOPs at equal steps "
+              f"({steps / elastic['flops']:.2f}x). FLOPs = 2 per active parameter and token for each teacher "
+              "forward, 6 for each student forward + backward, over the padded tokens processed."]
+    return lines
+
+
+def plot_pareto(configurations: list[dict], path: Path, *, title: str) -> None:
+    """Accuracy against modeled cost (rho = 1 and rho = 0, one panel each) for every configuration,
+    the Pareto frontier drawn; fixed budgets as circles, mixed pairs as triangles, caps lighter."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, PercentFormatter
 
-    points = [(p["seconds_per_problem"], p["accuracy"], key) for key, p in results["pairs"].items()]
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for x, y, key in points:
-        same = key.split("->")[0] == key.split("->")[1]
-        ax.scatter(x, y, marker="o" if same else "^", s=40)
-        ax.annotate(key, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    frontier, best = [], -1.0
-    for x, y, _ in sorted(points):
-        if y > best:
-            frontier.append((x, y))
-            best = y
-    ax.plot(*zip(*frontier), linestyle="--", color="gray", label="Pareto frontier")
-    ax.set_xlabel("seconds per problem (CPU)")
-    ax.set_ylabel("accuracy")
-    ax.set_title("Star Elastic demo: think -> answer budgets")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
+    colours = {name: colour for (name, _), colour in zip(BUDGETS, ("tab:blue", "tab:orange", "tab:green"))}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
+    for ax, rho, words in ((axes[0], "1.0", "rho = 1: a re-prefilled token costs a decoded one"),
+                           (axes[1], "0.0", "rho = 0: re-prefill free")):
+        points = sorted((c["cost"][rho], c["accuracy"], c) for c in configurations)
+        for cost, accuracy, c in points:
+            mixed = c["think"] != c["answer"]
+            ax.scatter(cost, accuracy, marker="^" if mixed else "o", s=46 if c["thinking_cap"] is None else 22,
+                       color=colours[c["answer"]], edgecolors=colours[c["think"]], linewidths=1.5,
+                       alpha=1.0 if c["thinking_cap"] is None else 0.55, zorder=3)
+        frontier, best = [], -1.0
+        for cost, accuracy, c in points:
+            if accuracy > best:
+                frontier.append((cost, accuracy, c))
+                best = accuracy
+        ax.plot([p[0] for p in frontier], [p[1] for p in frontier], linestyle="--", color="gray", zorder=2)
+        for cost, accuracy, c in frontier:
+            ax.annotate(_label(c), (cost, accuracy), fontsize=7, xytext=(4, -10), textcoords="offset points",
+                        annotation_clip=True)
+        ax.set_title(words, fontsize=9)
+        ax.set_xlabel("modeled decode cost (full budget = 1.0)")
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%.1f"))
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        ax.grid(alpha=0.3)
+        ax.margins(x=0.12, y=0.08)
+    axes[0].set_ylabel("accuracy on held-out problems")
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[n], label=f"{n} alone")
+               for n, _ in BUDGETS]
+    handles += [plt.Line2D([], [], marker="^", linestyle="", color="gray",
+                           label="think (edge colour) -> answer (fill colour)"),
+                plt.Line2D([], [], marker="o", linestyle="", color="gray", alpha=0.5, markersize=4,
+                           label="with a thinking cap"),
+                plt.Line2D([], [], linestyle="--", color="gray", label="Pareto frontier")]
+    fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------------
+# Several seeds.
+
+
+def run_demo_seeds(out: str | Path, *, quick: bool = False, seeds: tuple[int, ...] = (0,)) -> dict:
+    """One run per seed; with one seed its results are ``out/results.json``, with several each seed
+    writes ``out/seed_K`` and ``out/results.json`` holds every run, the claims (means over seeds)
+    and ``out/results.md`` / ``pareto.png`` the means ± std."""
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
+    out = Path(out)
+    if len(seeds) == 1:
+        return run_demo(out, quick=quick, seed=seeds[0])
+    runs = [run_demo(out / f"seed_{seed}", quick=quick, seed=seed) for seed in seeds]
+    results = {"seeds": list(seeds), "quick": quick, "runs": runs, "claims": claims(runs)}
+    out.mkdir(parents=True, exist_ok=True)
+    _write_reports(out, results, runs)
+    return results

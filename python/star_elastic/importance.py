@@ -5,8 +5,9 @@ Scores (paper-method.md §3), all from forward passes of the full parent:
 * hidden channels: ``sum_{B,L} |LN(X)|`` summed over every block's pre-norm output;
 * MLP neurons: ``sum_{B,L} |relu(X W1^T)^2|`` (the fc2 input, as ModelOpt's Minitron);
 * Mamba: on the x branch of in_proj, ``s`` (b, l, H, P): one head-channel ranking shared by all heads,
-  ``||s[..., c]||_2`` over batch, length and heads; heads by ``||s[..., h, :]||_2``, ranked inside
-  their group only;
+  ``||s[..., c]||_2`` over batch, length and heads (eq. 3); heads by ``||s[..., h, D_top]||_2`` over
+  the top-ranked channels D_top only (eq. 4; by default as many as the smallest head_dim the
+  router can choose), ranked inside their group only;
 * attention heads: ``||o_h||_2`` of each query head's output (the o_proj input), ranked inside its KV group;
 * MoE experts: REAP, the mean over the tokens routed to expert j of ``g_j(x) * ||f_j(x)||_2``;
   expert-FFN neurons per expert over its routed tokens; shared-expert neurons over all tokens;
@@ -111,13 +112,25 @@ class _Accumulator:
 
 @torch.no_grad()
 def estimate_importance(model: ElasticModel, batches: Iterable[torch.Tensor], *, rank_depth: bool = True,
-                        mamba_head_channels: int | None = None) -> Importance:
+                        mamba_head_channels: int | str = "smallest") -> Importance:
     """Scores every elastic axis of ``model`` (at full width) on ``batches`` of input ids (b, l).
 
-    ``mamba_head_channels``: score Mamba heads on only this many top-ranked head channels (the
-    D_top of the paper's eq. 4, e.g. the smallest head_dim a budget will use); default all.
+    ``mamba_head_channels``: how many top-ranked head channels score the Mamba heads (the D_top
+    of the paper's eq. 4): ``"smallest"`` (default) the smallest head_dim the router can choose
+    (:func:`star_elastic.router.width_choices` at the config's granularity), an int, or ``"all"``.
     ``rank_depth=False`` skips the O(layers²) forwards of the layer ranking.
     """
+    config = model.config
+    if mamba_head_channels == "smallest":
+        from .router import width_choices
+
+        mamba_head_channels = width_choices(config.mamba_head_dim, config.width_granularity)[-1]
+    elif mamba_head_channels == "all":
+        mamba_head_channels = config.mamba_head_dim
+    elif not isinstance(mamba_head_channels, int) or isinstance(mamba_head_channels, bool) \
+            or not 1 <= mamba_head_channels <= config.mamba_head_dim:
+        raise ValueError(f"mamba_head_channels={mamba_head_channels!r} must be 'smallest', 'all' or "
+                         f"an int in [1, {config.mamba_head_dim}]")
     batches = list(batches)
     if not batches:
         raise ValueError("estimate_importance needs at least one calibration batch")

@@ -63,7 +63,8 @@ class ChannelMasks:
 
     ``hidden`` (D,) or None; ``layers[i]`` None or ``{axis: (parent width,)}`` with the Budget axis
     names of layer i's kind (``mlp_width``; ``attention_heads_per_group``; ``mamba_heads_per_group``
-    and ``mamba_head_dim``; ``moe_experts``, ``moe_expert_width`` and ``moe_shared_width``)."""
+    and ``mamba_head_dim``; ``moe_experts``, ``moe_expert_width`` and ``moe_shared_width``), plus
+    optionally ``"layer"``, a scalar weighing the layer's output (soft depth)."""
 
     hidden: torch.Tensor | None
     layers: tuple[dict[str, torch.Tensor] | None, ...]
@@ -421,7 +422,10 @@ class Block(nn.Module):
         if masks is None:
             out = self.mixer(normed, widths, self.index, cache=cache, observer=observer)
         else:
-            out = self.mixer(normed, widths, self.index, cache=cache, observer=observer, masks=masks)
+            mixer_masks = {axis: mask for axis, mask in masks.items() if axis != "layer"}
+            out = self.mixer(normed, widths, self.index, cache=cache, observer=observer, masks=mixer_masks)
+            if "layer" in masks:  # the soft depth weight: 0 is the skipped layer, 1 the kept one
+                out = out * masks["layer"].to(out.dtype)
         if hidden_mask is not None:
             out = out * hidden_mask[: out.shape[-1]].to(out.dtype)
         return hidden + (out if gate is None else out * gate.to(out.dtype))

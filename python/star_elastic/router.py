@@ -12,11 +12,22 @@ Gumbel-softmax at a temperature annealed 1.0 -> 0.05, on logits multiplied by a 
   the forward function that of the submodel);
 * ``"soft"``: the probability-weighted sum of all prefix masks, ``sum_i pi_i * mask_i``.
 
-The resource cost of a decision is differentiable: the parameter count (total or active) of the
-chosen widths, with the gradient of the expected widths ``sum_i pi_i * width_i`` (straight-through),
-through the same formula as :func:`parameter_count`. The
-router loss is ``lambda * |cost - target| / target``. After training, :meth:`ElasticRouter.budget`
-(argmax, no noise) gives each budget's architecture, stored in checkpoints as a named ``Budget``.
+Depth is an axis too when the router is given a layer ranking (``layer_order``, most important
+first, from :func:`star_elastic.importance.rank_layers`): its choices are how many of the top-ranked
+layers to keep; the others become the budget's ``skip_layers``. Its hard gate scales every kept
+layer's output, its soft mask weighs each layer's output by the probability that it is kept.
+
+The resource cost of a decision is explicit (``cost=``, one of :data:`star_elastic.params.COST_KINDS`:
+active parameters, total parameters, or memory = weight bytes + decoding caches at
+``memory_context`` tokens). The router loss steers its expectation under the router's policy
+``softmax(scale * logits)`` (expected widths and keep probabilities through the same formulas as
+:mod:`star_elastic.params`; exact, since the axes are drawn independently), so its gradient does
+not vanish when a Gumbel-softmax sample saturates. An axis whose whole range of choices moves
+that cost by less than ``min_cost_share`` of the parent's (MoE expert count for active parameters:
+only the router rows change) is not routed at all: pruning it would save nothing the router is
+asked to save. The router loss is ``lambda * |E[cost] - target| / target``. After training,
+:meth:`ElasticRouter.budget` (argmax, no noise) gives each budget's architecture, stored in
+checkpoints as a named ``Budget``.
 """
 
 from __future__ import annotations
@@ -30,10 +41,13 @@ from torch import nn
 
 from .budget import _AXES, _GRANULAR, Budget, LayerBudget, LayerWidths, _parent_widths
 from .config import ElasticConfig
-from .params import layer_parameter_count
+from .params import COST_KINDS, layer_cache_bytes, layer_parameter_count
 
 DEFAULT_FRACTIONS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
+# Depth keeps at least half the layers by default: below that a hybrid loses whole layer kinds.
+DEFAULT_DEPTH_FRACTIONS = (1.0, 0.875, 0.75, 0.625, 0.5)
 MODES = ("hard", "soft")
+DEPTH = "depth"
 
 
 def width_choices(parent: int, granularity: int, fractions: Sequence[float] = DEFAULT_FRACTIONS,
@@ -50,13 +64,15 @@ def width_choices(parent: int, granularity: int, fractions: Sequence[float] = DE
 
 @dataclasses.dataclass(frozen=True)
 class Axis:
-    """One elastic axis: its Budget field name, the layers it spans (None = global) and its
-    candidate widths (largest first)."""
+    """One elastic axis: its Budget field name (or ``"depth"``), the layers it spans (None =
+    global) and its candidate widths (largest first). The depth axis's widths are numbers of kept
+    layers and ``layer_order`` ranks the layers (most important first)."""
 
     name: str
     layers: tuple[int, ...] | None
     parent: int
     choices: tuple[int, ...]
+    layer_order: tuple[int, ...] | None = None
 
     @property
     def segments(self) -> int:
@@ -64,9 +80,20 @@ class Axis:
 
 
 def elastic_axes(config: ElasticConfig, *, heterogeneous: bool = False,
-                 fractions: Sequence[float] = DEFAULT_FRACTIONS) -> list[Axis]:
-    """Every axis of ``config`` with more than one candidate width."""
+                 fractions: Sequence[float] = DEFAULT_FRACTIONS,
+                 layer_order: Sequence[int] | None = None,
+                 depth_fractions: Sequence[float] = DEFAULT_DEPTH_FRACTIONS) -> list[Axis]:
+    """Every axis of ``config`` with more than one candidate width; with ``layer_order`` (every
+    layer index once, most important first) also the depth axis."""
     axes = []
+    if layer_order is not None:
+        order = tuple(int(i) for i in layer_order)
+        if sorted(order) != list(range(config.num_layers)):
+            raise ValueError(f"layer_order must name each of the {config.num_layers} layers once, "
+                             f"got {list(order)}")
+        depths = width_choices(config.num_layers, 1, depth_fractions)
+        if len(depths) > 1:
+            axes.append(Axis(DEPTH, None, config.num_layers, depths, order))
     hidden = width_choices(config.hidden_size, config.width_granularity, fractions)
     if len(hidden) > 1:
         axes.append(Axis("hidden_size", None, config.hidden_size, hidden))
@@ -119,12 +146,15 @@ class Gates:
 
 @dataclasses.dataclass
 class Decision:
-    """One sampled architecture: per axis, the choice probabilities (segments, choices) and the
-    argmax indices (segments,)."""
+    """One sampled architecture: per axis, the Gumbel-softmax sample ``probs`` (segments, choices),
+    its argmax ``picks`` (segments,), and ``policy``, the router's distribution over the choices
+    (``softmax(scale * logits)``, no noise) whose expected cost the router loss steers; ``None``
+    = ``probs`` (a fixed or hand-made decision)."""
 
     axes: list[Axis]
     probs: dict[str, torch.Tensor]
     picks: dict[str, torch.Tensor]
+    policy: dict[str, torch.Tensor] | None = None
 
     def widths(self, axis: Axis) -> list[int]:
         return [axis.choices[int(i)] for i in self.picks[axis.name]]
@@ -134,7 +164,9 @@ class Decision:
         global_fields, per_layer = {}, [dict() for _ in range(config.num_layers)]
         for axis in self.axes:
             widths = self.widths(axis)
-            if axis.layers is None:
+            if axis.name == DEPTH:
+                global_fields["skip_layers"] = frozenset(axis.layer_order[widths[0]:])
+            elif axis.layers is None:
                 global_fields[axis.name] = widths[0]
             else:
                 for layer, width in zip(axis.layers, widths):
@@ -144,14 +176,31 @@ class Decision:
             layers = tuple(LayerBudget(**fields) if fields else None for fields in per_layer)
         return Budget(layers=layers, **global_fields)
 
+    def _policy(self, axis: Axis) -> torch.Tensor:
+        return (self.policy or self.probs)[axis.name]
+
     def expected_widths(self, axis: Axis) -> torch.Tensor:
-        """(segments,) widths for the cost: the chosen widths in value, with the gradient of the
-        expected width ``sum_i pi_i * width_i`` (straight-through), so the cost the router is
-        trained on is the cost of the architecture it actually picks."""
-        probs = self.probs[axis.name]
-        choices = torch.tensor(axis.choices, dtype=probs.dtype, device=probs.device)
-        soft = probs @ choices
-        return choices[self.picks[axis.name]] + (soft - soft.detach())
+        """(segments,) expected widths ``sum_i policy_i * width_i`` under the router's distribution,
+        differentiable. The axes are drawn independently and every cost is a sum of products of
+        widths of different axes, so the cost at these widths is the expected cost."""
+        policy = self._policy(axis)
+        return policy @ torch.tensor(axis.choices, dtype=policy.dtype, device=policy.device)
+
+    def layer_keep(self, axis: Axis, mode: str = "policy") -> torch.Tensor:
+        """Depth axis: (num_layers,) weight of every layer, in layer order: ``"policy"`` the
+        probability that the layer is kept under the router's distribution (the expected cost),
+        ``"soft"`` under the Gumbel-softmax sample (the soft mode's layer weights), ``"hard"`` 1
+        for the sampled architecture's kept layers and 0 for its skipped ones."""
+        ranks = torch.empty(axis.parent, dtype=torch.long)
+        ranks[torch.tensor(axis.layer_order)] = torch.arange(axis.parent)
+        choices = torch.tensor(axis.choices)
+        kept_by_choice = (ranks[None, :] < choices[:, None]).float()  # (choices, num_layers)
+        if mode == "hard":
+            return kept_by_choice[self.picks[axis.name][0]]
+        if mode not in ("soft", "policy"):
+            raise ValueError(f"mode must be 'hard', 'soft' or 'policy', got {mode!r}")
+        weights = self.probs[axis.name][0] if mode == "soft" else self._policy(axis)[0]
+        return weights @ kept_by_choice.to(weights.dtype).to(weights.device)
 
     def _factors(self, axis: Axis) -> torch.Tensor:
         picked = self.probs[axis.name].gather(1, self.picks[axis.name][:, None])[:, 0]
@@ -165,8 +214,11 @@ class Decision:
             if axis.name == "hidden_size":
                 hidden = factors[0]
                 continue
-            kind = _AXES[axis.name]
-            targets = axis.layers or [i for i in range(num_layers) if layer_kinds[i] == kind]
+            if axis.name == DEPTH:  # the kept layers carry the depth choice's gradient
+                targets = axis.layer_order[:self.widths(axis)[0]]
+            else:
+                kind = _AXES[axis.name]
+                targets = axis.layers or [i for i in range(num_layers) if layer_kinds[i] == kind]
             for segment, layer in enumerate(targets):
                 factor = factors[segment if axis.layers else 0]
                 layers[layer] = factor if layers[layer] is None else layers[layer] * factor
@@ -174,7 +226,8 @@ class Decision:
 
     def channel_masks(self, config: ElasticConfig, mode: str = "soft"):
         """Every axis's masks (:meth:`masks`) laid out for ``ElasticModel.forward(masks=...)``,
-        to be run at the full budget; axes the router does not route get all-ones masks."""
+        to be run at the full budget; axes the router does not route get all-ones masks. The
+        depth axis adds each layer's weight (:meth:`layer_keep`) under the key ``"layer"``."""
         from .model import ChannelMasks
 
         layers: list[dict | None] = [None] * config.num_layers
@@ -185,6 +238,10 @@ class Decision:
             layers[index] = {name: torch.ones(parent[name]) for name, kind in _AXES.items()
                              if kind == spec.kind}
         for axis in self.axes:
+            if axis.name == DEPTH:
+                for layer, keep in enumerate(self.layer_keep(axis, mode)):
+                    layers[layer]["layer"] = keep
+                continue
             masks = self.masks(axis, mode)
             if axis.name == "hidden_size":
                 hidden = masks[0]
@@ -216,29 +273,51 @@ class ElasticRouter(nn.Module):
         config: the parent's config.
         budget_names: the named budgets (e.g. ``("full", "70%", "45%")``), index = one-hot position.
         targets: the target cost of each budget, as a fraction of the parent's cost.
-        cost: ``"active"`` or ``"total"`` parameters.
+        cost: what the targets are fractions of, one of :data:`~star_elastic.params.COST_KINDS`:
+            ``"active"`` parameters (what a token touches), ``"total"`` parameters, or
+            ``"memory"`` (weight bytes + decoding caches of one sequence of ``memory_context`` tokens).
         heterogeneous: one choice per layer for the per-layer axes (hidden size stays global).
         fractions: candidate width fractions of every axis (heads: every count).
+        layer_order: every layer index once, most important first (``rank_layers``): makes depth
+            an axis whose choices keep the top ``int(f * num_layers)`` layers, f in ``depth_fractions``.
+        min_cost_share: an axis is routed only if its smallest choice (all else full) lowers the
+            parent's cost by at least this fraction of it; ``excluded_axes`` lists the others.
+        memory_context: tokens of context for ``cost="memory"``.
         hidden: router hidden size (256 in the paper).
     """
 
     def __init__(self, config: ElasticConfig, budget_names: Sequence[str], targets: Sequence[float],
                  *, cost: str = "active", heterogeneous: bool = False,
-                 fractions: Sequence[float] = DEFAULT_FRACTIONS, hidden: int = 256):
+                 fractions: Sequence[float] = DEFAULT_FRACTIONS,
+                 layer_order: Sequence[int] | None = None,
+                 depth_fractions: Sequence[float] = DEFAULT_DEPTH_FRACTIONS,
+                 min_cost_share: float = 0.01, memory_context: int = 4096, hidden: int = 256):
         super().__init__()
         if len(budget_names) != len(targets) or not budget_names:
             raise ValueError("budget_names and targets must be non-empty and of equal length")
         if not all(0 < t <= 1 for t in targets):
             raise ValueError(f"targets are fractions of the parent's cost in (0, 1], got {targets}")
-        if cost not in ("active", "total"):
-            raise ValueError(f"cost must be 'active' or 'total', got {cost!r}")
+        if cost not in COST_KINDS:
+            raise ValueError(f"cost must be one of {', '.join(COST_KINDS)}, got {cost!r}")
+        if not 0 <= min_cost_share < 1:
+            raise ValueError(f"min_cost_share must be in [0, 1), got {min_cost_share}")
+        if memory_context < 1:
+            raise ValueError(f"memory_context must be >= 1 token, got {memory_context}")
         self.config, self.budget_names, self.targets = config, tuple(budget_names), tuple(targets)
-        self.cost_kind = cost
-        self.axes = elastic_axes(config, heterogeneous=heterogeneous, fractions=fractions)
+        self.cost_kind, self.memory_context = cost, int(memory_context)
+        candidates = elastic_axes(config, heterogeneous=heterogeneous, fractions=fractions,
+                                  layer_order=layer_order, depth_fractions=depth_fractions)
+        self.axes = candidates
+        parent_cost = float(self._cost_of(None))
+        self.axes, self.excluded_axes = [], []
+        for axis in candidates:
+            saving = parent_cost - float(self._cost_of(_smallest(candidates, axis)))
+            (self.axes if saving >= min_cost_share * parent_cost else self.excluded_axes).append(axis)
         self.routers = nn.ModuleDict({a.name: AxisRouter(a, len(budget_names), hidden)
                                       for a in self.axes})
-        self.register_buffer("parent_cost", torch.tensor(float(self._cost_of(None))),
-                             persistent=False)
+        self.register_buffer("parent_cost", torch.tensor(parent_cost), persistent=False)
+        if layer_order is not None:  # saved with the router: its depth choices mean these layers
+            self.register_buffer("layer_order", torch.tensor([int(i) for i in layer_order]))
 
     def index(self, budget: str | int) -> int:
         if isinstance(budget, int):
@@ -259,19 +338,21 @@ class ElasticRouter(nn.Module):
 
     def sample(self, budget: str | int, *, tau: float = 1.0, scale: float = 1.0,
                generator: torch.Generator | None = None) -> Decision:
-        """Gumbel-softmax sample of every axis for ``budget`` at temperature ``tau``.
+        """Gumbel-softmax sample of every axis for ``budget`` at temperature ``tau`` on the logits
+        times ``scale``; the decision's ``policy`` is ``softmax(scale * logits)``.
 
         A budget whose target is 1.0 is the parent itself: always the full widths, not routed.
         """
         if self.targets[self.index(budget)] == 1.0:
             return self._full()
-        probs, picks = {}, {}
+        probs, picks, policy = {}, {}, {}
         for name, logits in self.logits(budget).items():
             uniform = torch.rand(logits.shape, generator=generator).clamp(1e-9, 1 - 1e-9)
             gumbel = -torch.log(-torch.log(uniform)).to(logits.device)
             probs[name] = torch.softmax((logits * scale + gumbel) / tau, dim=-1)
             picks[name] = probs[name].argmax(dim=-1)
-        return Decision(self.axes, probs, picks)
+            policy[name] = torch.softmax(logits * scale, dim=-1)
+        return Decision(self.axes, probs, picks, policy)
 
     def decide(self, budget: str | int) -> Decision:
         """The deterministic architecture of ``budget``: argmax of the logits, no noise."""
@@ -288,20 +369,35 @@ class ElasticRouter(nn.Module):
         return self.decide(budget).budget(self.config)
 
     def expected_cost(self, decision: Decision) -> torch.Tensor:
-        """Differentiable parameter count of the expected widths of ``decision``."""
+        """The expected cost (of kind ``cost_kind``) under ``decision``'s policy, differentiable."""
         return self._cost_of(decision)
 
+    def sampled_cost(self, decision: Decision) -> float:
+        """The cost of the architecture ``decision`` sampled (its picks)."""
+        hard = {a.name: F.one_hot(decision.picks[a.name], len(a.choices)).float() for a in decision.axes}
+        return float(self._cost_of(Decision(decision.axes, hard, decision.picks)))
+
     def loss(self, decision: Decision, budget: str | int) -> torch.Tensor:
-        """``|cost - target| / target`` with cost and target as fractions of the parent's cost."""
+        """``|E[cost] - target| / target``, the expected cost under ``decision``'s policy and the
+        target as fractions of the parent's cost.
+
+        The expectation, not the sampled architecture's cost through a straight-through estimate:
+        the Gumbel-softmax saturates as soon as its logits part, and its gradient (and with it the
+        search) would stop; the policy's gradient stays until the scale schedule commits it."""
         target = self.targets[self.index(budget)]
         fraction = self.expected_cost(decision) / self.parent_cost
         return (fraction - target).abs() / target
 
     def _cost_of(self, decision: Decision | None):
+        """The cost (of kind ``cost_kind``) of ``decision``'s expected widths and kept layers;
+        ``None``: the parent's."""
         config = self.config
-        expected = {}
+        expected, keep = {}, None
         if decision is not None:
-            for axis in self.axes:
+            for axis in decision.axes:
+                if axis.name == DEPTH:
+                    keep = decision.layer_keep(axis, "policy")
+                    continue
                 widths = decision.expected_widths(axis)
                 for segment, layer in enumerate(axis.layers or [None]):
                     expected[(axis.name, layer)] = widths[segment]
@@ -311,11 +407,28 @@ class ElasticRouter(nn.Module):
 
         hidden = width("hidden_size", None, config.hidden_size)
         total = active = 2 * config.vocab_size * hidden + hidden
+        caches = 0
         for index in range(config.num_layers):
             spec = config.layer(index)
             parent = _parent_widths(config, spec)
             fields = {name: width(name, index, parent[name]) for name in parent}
-            layer_total, layer_active = layer_parameter_count(
-                config, LayerWidths(kind=spec.kind, **fields), hidden)
-            total, active = total + layer_total, active + layer_active
-        return active if self.cost_kind == "active" else total
+            widths = LayerWidths(kind=spec.kind, **fields)
+            layer_total, layer_active = layer_parameter_count(config, widths, hidden)
+            layer_cache = layer_cache_bytes(config, widths, context=self.memory_context)
+            kept = 1 if keep is None else keep[index]
+            total, active = total + kept * layer_total, active + kept * layer_active
+            caches = caches + kept * layer_cache
+        if self.cost_kind == "active":
+            return active
+        if self.cost_kind == "total":
+            return total
+        return 2 * total + caches  # BF16 weights + caches, as params.memory_bytes
+
+
+def _smallest(axes: list[Axis], axis: Axis) -> Decision:
+    """The decision that takes ``axis``'s smallest choice and every other axis's largest."""
+    probs = {}
+    for a in axes:
+        pick = len(a.choices) - 1 if a is axis else 0
+        probs[a.name] = F.one_hot(torch.full((a.segments,), pick), len(a.choices)).float()
+    return Decision(axes, probs, {name: p.argmax(-1) for name, p in probs.items()})

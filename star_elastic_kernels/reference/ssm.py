@@ -154,15 +154,17 @@ def ssd_scan(
 
     outputs, finals = [], []
     seq, state = 0, fresh_state(0)
-    for t in range(l):
+    # unbind, not indexing: the backward of l selects would write l full-size zero gradients
+    steps = zip(dt.unbind(1), xf.unbind(1), B_heads.unbind(1), C_heads.unbind(1))
+    for t, (dt_t, x_t, B_t, C_t) in enumerate(steps):
         while seq + 1 < num_seqs and t == starts[seq + 1]:  # a loop: empty sequences end here too
             finals.append(state)
             seq += 1
             state = fresh_state(seq)
-        decay = torch.exp(dt[:, t] * A_active)  # (b, H')
-        update = (dt[:, t, :, None] * xf[:, t])[..., None] * B_heads[:, t, :, None, :]  # (b, H', p, N)
+        decay = torch.exp(dt_t * A_active)  # (b, H')
+        update = (dt_t[:, :, None] * x_t)[..., None] * B_t[:, :, None, :]  # (b, H', p, N)
         state = decay[:, :, None, None] * state + update
-        outputs.append(torch.einsum("bhpn,bhn->bhp", state, C_heads[:, t]))
+        outputs.append(torch.einsum("bhpn,bhn->bhp", state, C_t))
     while seq + 1 < num_seqs:  # trailing empty sequences
         finals.append(state)
         seq += 1

@@ -66,3 +66,30 @@ def test_budget_count_equals_numel_of_sliced_model_and_active_counts_top_k():
     assert count.total - count.active == (4 - model.config.moe_top_k) * per_expert
 
 
+
+
+def test_decode_and_memory_costs_by_hand():
+    from star_elastic.params import decode_bytes_per_token, memory_bytes
+
+    # One Mamba layer and one attention layer, counted by hand.
+    config = ElasticConfig(layer_pattern="M*", vocab_size=10, hidden_size=8, mamba_num_heads=4,
+                           mamba_head_dim=2, mamba_num_groups=2, mamba_state_size=3,
+                           mamba_conv_kernel=4, num_attention_heads=4, num_key_value_heads=2,
+                           attention_head_dim=2)
+    inner, conv_dim = 4 * 2, 4 * 2 + 2 * 2 * 3  # 8, 20
+    mamba = 8 + 8 * (inner + conv_dim + 4) + (conv_dim * 4 + conv_dim) + 3 * 4 + inner + inner * 8
+    attention = 8 + 2 * 8 * 4 * 2 + 2 * 8 * 2 * 2
+    head_and_norm = 10 * 8 + 8
+    assert decode_bytes_per_token(config) == 2 * (head_and_norm + mamba + attention + 8)
+    assert decode_bytes_per_token(config, weight_bytes=1) == head_and_norm + mamba + attention + 8
+    weights = 2 * (10 * 8 + head_and_norm + mamba + attention)
+    kv = 2 * 2 * 2 * 5 * 2  # K and V, 2 KV heads of 2 channels, 5 tokens, bf16
+    ssm = inner * 3 * 4 + conv_dim * 3 * 2  # fp32 state + bf16 conv window of 3 inputs
+    assert memory_bytes(config, context=5) == weights + kv + ssm
+    # Skipping the attention layer drops its weights and its cache.
+    assert memory_bytes(config, Budget(skip_layers={1}), context=5) == weights - 2 * attention + ssm
+    # Halving the Mamba heads per group halves its state (one head of 2 channels per group).
+    half = Budget(mamba_heads_per_group=1)
+    assert memory_bytes(config, half, context=5) - memory_bytes(config, context=5) == pytest.approx(
+        2 * (parameter_count(config, half).total - parameter_count(config).total)
+        - (inner // 2) * 3 * 4 - (inner // 2) * 3 * 2)

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from star_elastic import ElasticModel, data
+from star_elastic.budget import Budget
 from star_elastic.checkpoint import load_checkpoint, latest_checkpoint
 from star_elastic.losses import kd_loss
 from star_elastic.router import ElasticRouter
@@ -56,16 +57,18 @@ def toy_teacher_and_student(seed: int = 0):
 def test_tiny_elastic_run_lowers_the_distillation_loss_of_every_budget(tmp_path):
     config, teacher, student = toy_teacher_and_student(0)
     tokenizer = data.load_tokenizer("char")
-    texts = [example.text for example in data.arithmetic_examples(96, seed=1)]
-    tokens, mask = data.encode_batch(tokenizer, texts, 32)
+    texts = [example.text for example in data.arithmetic_examples(96, min_digits=1, max_digits=2,
+                                                                    seed=1)]
+    tokens, mask = data.encode_batch(tokenizer, texts, 42, truncate=False)
     train_config = TrainConfig(
-        stages=[Stage("short", 6, 24, 8), Stage("long", 6, 32, 8, (0.5, 0.3, 0.2))],
+        stages=[Stage("short", 6, 32, 8), Stage("long", 6, 42, 8, (0.5, 0.3, 0.2))],
         budget_names=("full", "70%", "45%"), budget_targets=(1.0, 0.7, 0.45), lr=3e-3,
         warmup_steps=2, out_dir=str(tmp_path), progress=False)
     router = ElasticRouter(config, train_config.budget_names, train_config.budget_targets)
     trainer = ElasticDistillationTrainer(teacher, student, router, tokens, mask, train_config)
     held_out, held_mask = data.encode_batch(
-        tokenizer, [e.text for e in data.arithmetic_examples(16, seed=99)], 32)
+        tokenizer, [e.text for e in data.arithmetic_examples(16, min_digits=1, max_digits=2,
+                                                             seed=99)], 42, truncate=False)
 
     def loss_at(budgets):
         with torch.no_grad():
@@ -157,9 +160,10 @@ def _tiny_trainer(tmp_path, *, batch_size, grad_accum, mask_mode="hard", steps=1
     config, teacher, student = toy_teacher_and_student(seed)
     tokenizer = data.load_tokenizer("char")
     tokens, mask = data.encode_batch(
-        tokenizer, [e.text for e in data.arithmetic_examples(64, seed=1)], 32)
+        tokenizer, [e.text for e in data.arithmetic_examples(64, min_digits=1, max_digits=2, seed=1)],
+        42, truncate=False)
     train_config = TrainConfig(
-        stages=[Stage("only", steps, 24, batch_size, budget_weights)],
+        stages=[Stage("only", steps, 42, batch_size, budget_weights)],
         budget_names=("full", "70%", "45%"),
         budget_targets=(1.0, 0.7, 0.45), lr=3e-3, warmup_steps=0, grad_accum=grad_accum,
         mask_mode=mask_mode, out_dir=str(tmp_path), progress=False)
@@ -242,3 +246,54 @@ def test_soft_mask_training_run_lowers_every_budgets_loss_and_trains_the_router(
     moved = [not torch.equal(a, b) for a, b in zip(router_before, trainer.objective.router.parameters())]
     assert any(moved)
     assert set(trainer.trained_budgets()) == {"full", "70%", "45%"}
+
+
+def test_every_stage_draws_whole_samples_and_the_short_stage_only_short_ones(tmp_path):
+    """No stage cuts a sample: every drawn sequence keeps its </think>, its answer and <eos>, and
+    the answer is the problem's sum (so nothing inside was cut either)."""
+    config, teacher, student = toy_teacher_and_student(0)
+    tokenizer = data.load_tokenizer("char")
+    examples = (data.arithmetic_examples(40, min_digits=1, max_digits=1, seed=3)
+                + data.arithmetic_examples(40, min_digits=3, max_digits=4, seed=4))
+    tokens, mask = data.encode_batch(tokenizer, [e.text for e in examples], 72, truncate=False)
+    train_config = TrainConfig(
+        stages=[Stage("short", 3, 27, 16), Stage("long", 3, 72, 16, (0.5, 0.3, 0.2))],
+        budget_names=("full", "70%", "45%"), budget_targets=(1.0, 0.7, 0.45),
+        out_dir=str(tmp_path), progress=False)
+    router = ElasticRouter(config, train_config.budget_names, train_config.budget_targets)
+    trainer = ElasticDistillationTrainer(teacher, student, router, tokens, mask, train_config)
+    longest = {}
+    for step in range(train_config.total_steps):
+        batch_tokens, batch_mask, _, stage = trainer._batch(step, 0)
+        assert batch_tokens.shape[1] <= stage.seq_len
+        for row, row_mask in zip(batch_tokens, batch_mask):
+            text = tokenizer.decode(row[row_mask].tolist())
+            assert text.startswith("<bos>Q:") and text.endswith("\n<eos>"), text
+            question, rest = text[len("<bos>Q:"):].split("=?", 1)
+            a, b = (int(v) for v in question.split("+"))
+            assert "</think>" in rest and rest.split("</think>", 1)[1] == f"A:{a + b}\n<eos>", text
+            longest[stage.name] = max(longest.get(stage.name, 0), len(str(max(a, b))))
+    assert longest == {"short": 1, "long": 4}  # the long stage draws the long problems too
+    too_short = TrainConfig(stages=[Stage("tiny", 1, 20, 4)], budget_names=("full",),
+                            budget_targets=(1.0,), out_dir=str(tmp_path), progress=False)
+    with pytest.raises(ValueError, match="stage 'tiny': no training sequence fits whole"):
+        ElasticDistillationTrainer(teacher, student, None, tokens, mask, too_short,
+                                   budgets={"full": Budget()})
+
+
+def test_step_metrics_count_flops_and_log_the_sampled_architecture(tmp_path):
+    from star_elastic.params import parameter_count
+
+    trainer = _tiny_trainer(tmp_path, batch_size=6, grad_accum=1, steps=1)
+    tokens, mask, budget_ids, _ = trainer._batch(0, 0)
+    metrics = trainer.train_step()
+    length = tokens.shape[1]
+    config = trainer.teacher.config
+    teacher = 2 * parameter_count(config).active_without_embeddings * 6 * length
+    student = 0
+    for b, name in enumerate(("full", "70%", "45%")):
+        budget = Budget.from_dict(json.loads(metrics[f"arch/{name}"]))
+        rows = max(int((budget_ids == b).sum()), 1)  # a budget without samples still runs one row
+        student += 6 * parameter_count(config, budget).active_without_embeddings * rows * length
+    assert metrics["flops"] == pytest.approx(teacher + student)
+    assert json.loads(metrics["arch/full"]) == {}
