@@ -1,4 +1,4 @@
-"""star-elastic: the command line of the model layer (train, generate, demo).
+"""star-elastic: train nested (elastic) hybrid Mamba-2 / attention / MoE models and generate with them.
 
 Every user error (a file that does not exist or is corrupt, a directory that is not an elastic
 checkpoint, a bad config setting, an output directory that cannot be written) ends the command
@@ -65,6 +65,12 @@ The config (TOML) has these tables (example: configs/tiny_train.toml):
   [qad]          format = "nvfp4" or "fp8": quantization-aware distillation of the elastic
                  checkpoint in [model] at the budgets named in budget_names; the quantized nested
                  checkpoint is written to OUT/quantized"""
+
+GENERATE_DESCRIPTION = """\
+Stream the completion of --prompt, or of every non-empty line of stdin, from an elastic checkpoint
+(star-elastic demo writes one into OUT/elastic; save_elastic writes them from Python): the
+thinking phase runs at one budget, the answer at another. One line of statistics per prompt goes
+to stderr, as JSON."""
 
 CONFIG_TABLES = ("model", "data", "train", "distributed", "qad")
 MODEL_KEYS = ("checkpoint", "config", "init_seed")
@@ -485,10 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser(
         "generate", parents=[debug], formatter_class=layout,
         help="streamed generation from an elastic checkpoint at two budgets",
-        description="Stream the completion of --prompt, or of every non-empty line of stdin, from an "
-                    "elastic checkpoint\n(written by star-elastic demo or train): the thinking phase "
-                    "at one budget, the answer at another.\nOne line of statistics per prompt goes "
-                    "to stderr as JSON.")
+        description=GENERATE_DESCRIPTION)
     gen.add_argument("--checkpoint", required=True,
                      help="an elastic checkpoint directory (e.g. demo_out/elastic)")
     gen.add_argument("--think-budget", required=True, help="budget name for the thinking phase")

@@ -55,8 +55,8 @@ def read_budgets(path: str | os.PathLike) -> dict[str, Budget]:
         raise NotADirectoryError(f"{path} is not a directory")
     budgets_file = path / BUDGETS_NAME
     if not budgets_file.exists():
-        raise FileNotFoundError(f"{path} is not an elastic checkpoint: it has no {BUDGETS_NAME} (write "
-                                "one with save_elastic, star-elastic train or star-elastic demo)")
+        raise FileNotFoundError(f"{path} is not an elastic checkpoint: it has no {BUDGETS_NAME} (save_elastic "
+                                "and star-elastic demo write one)")
     try:
         entries = json.loads(budgets_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
