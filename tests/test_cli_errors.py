@@ -434,3 +434,18 @@ def test_generate_into_a_closed_pipe_exits_quietly(saved):
     finally:
         os.close(write_end)
     assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
+
+
+def test_a_run_without_its_config_record_is_compared_by_its_checkpoint(capsys, tmp_path):
+    # e.g. a run started from the Python API: only the checkpoint says how it was trained
+    out = tmp_path / "run"
+    first = tiny_train_config(tmp_path / "first.toml")
+    code, lines = run(capsys, "train", "--config", str(first), "--out", str(out), "--steps", "1")
+    assert code == 0, lines
+    (out / cli.RUN_RECORD).unlink()
+    changed = tiny_train_config(tmp_path / "changed.toml", warmup_steps="2")
+    assert_user_error(run(capsys, "train", "--config", str(changed), "--out", str(out)), "train",
+                      "different config", "train.warmup_steps")
+    code, lines = run(capsys, "train", "--config", str(first), "--out", str(out))
+    assert code == 0, lines
+    assert "resumed at step 1" in lines
