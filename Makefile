@@ -19,6 +19,7 @@ CSRC := $(shell find csrc -name '*.cu' -o -name '*.cpp' -o -name '*.h' -o -name 
 # Third-party packages: torch (a CUDA build; it also runs on CPU-only machines), the test tools,
 # and the CUTLASS headers (nvidia-cutlass without its runtime dependencies, which we do not use).
 $(VENV)/.deps: requirements-dev.txt
+	@echo "make: installing torch $(TORCH_VERSION), the test tools and the CUTLASS headers into $(VENV) (a few minutes)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps "nvidia-cutlass==$(CUTLASS_VERSION)"
@@ -28,9 +29,12 @@ $(VENV)/.deps: requirements-dev.txt
 	touch $@
 
 # This package, editable, built against the torch above (hence --no-build-isolation). Rebuilt when
-# the C++/CUDA sources or the build files change; Python edits need no rebuild.
-$(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(CSRC)
-	$(PY) -m pip install --no-deps --no-build-isolation -e .
+# the C++/CUDA sources or the build files change; Python edits need no rebuild. pip runs verbosely
+# so that the CUDA build's progress can be shown: scripts/build_progress.py prints one line per
+# ninja step ([n/N] file) and keeps pip's whole output in $(VENV)/build.log.
+$(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(CSRC) scripts/build_progress.py
+	@echo "make: installing star-elastic-kernels; with nvcc present this builds the CUDA extension (several minutes)"
+	$(PY) scripts/build_progress.py --log $(VENV)/build.log -- $(PY) -m pip install -v --no-deps --no-build-isolation -e .
 	touch $@
 
 install: $(VENV)/.built
@@ -38,6 +42,8 @@ install: $(VENV)/.built
 demo: install
 	$(PY) -m star_elastic_kernels.info
 	$(PY) -m star_elastic.cli demo --out demo_out
+	@echo "make: the command line is $(VENV)/bin/star-elastic (or run: source $(VENV)/bin/activate);"
+	@echo "      $(VENV)/bin/star-elastic --help lists its commands, the README shows examples"
 
 test: install
 	$(PY) -m pytest tests -q

@@ -6,7 +6,9 @@ pure-PyTorch reference (``"torch"``), Triton (``"triton"``) and the compiled CUD
 (``$STAR_ELASTIC_BACKEND``) or automatically. ``python -m star_elastic_kernels.info`` shows what
 is available here and why the rest is not.
 
-Importing never fails for want of the CUDA extension or a GPU, and never initialises CUDA.
+Importing never fails for want of the CUDA extension or a GPU, prints nothing, and never
+initialises CUDA. A missing extension is reported once when CUDA tensors reach an op that has a
+cuda backend, and always by ``python -m star_elastic_kernels.info``.
 """
 
 from star_elastic_kernels import _extension
@@ -77,4 +79,5 @@ __all__ = [
     "moe_route",
 ]
 
-_extension.warn_if_missing()
+# Load _C now when it is there (its import registers the private ops); a failure is kept, not shown.
+_extension.unavailable_reason()

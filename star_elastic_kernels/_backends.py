@@ -162,10 +162,15 @@ def select_backend(
     if wanted == "auto":
         if device.type != "cuda":
             return "torch"
-        for backend in spec.backends:
-            if unavailable_reason(spec, backend, device, dtype) is None:
-                return backend
-        return "torch"
+        chosen = next((backend for backend in spec.backends
+                       if unavailable_reason(spec, backend, device, dtype) is None), "torch")
+        if "cuda" in spec.backends and chosen != "cuda":
+            # The extension itself is missing, stale or built for another GPU (not a per-call
+            # veto such as an unsupported dtype): the user may not know, so say so, once.
+            problem = _cuda_reason(spec, device)
+            if problem is not None:
+                _extension.warn_cuda_backend_missing(spec.name, problem, chosen)
+        return chosen
     reason = unavailable_reason(spec, wanted, device, dtype)
     if reason is not None:
         raise BackendUnavailableError(f"{spec.name}: backend {wanted!r} is unavailable: {reason}")

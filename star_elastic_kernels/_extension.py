@@ -1,8 +1,10 @@
 """Loading the compiled extension ``star_elastic_kernels._C``, which may legitimately be absent.
 
-Import of the package never fails because of it: a missing or broken extension is reported once
-(a :class:`StarElasticWarning`) with the reason and the command that builds it, and the cuda
-backend then explains itself when asked for. Nothing here initialises CUDA.
+Import of the package never fails because of it, and stays silent: a machine without a GPU has
+no use for the extension. A missing or broken extension is reported where it matters: once per
+process (a :class:`StarElasticWarning`, see :func:`warn_cuda_backend_missing`) when a CUDA tensor
+reaches an op whose cuda backend cannot run, always by ``python -m star_elastic_kernels.info``, and
+in the error of an explicit ``backend="cuda"`` request. Nothing here initialises CUDA.
 """
 
 from __future__ import annotations
@@ -50,13 +52,19 @@ def unavailable_reason() -> str | None:
     return _load()
 
 
-def warn_if_missing() -> None:
-    """Say once per process that the extension is missing, and how to build it."""
-    reason = _load()
-    if reason is not None and not getattr(warn_if_missing, "_done", False):
-        warn_if_missing._done = True  # type: ignore[attr-defined]
-        warnings.warn(f"star_elastic_kernels: cuda backend unavailable: {reason}", StarElasticWarning,
-                      stacklevel=3)
+_warned_cuda_backend_missing = False
+
+
+def warn_cuda_backend_missing(op: str, reason: str, fallback: str) -> None:
+    """Say once per process that CUDA tensors reached ``op`` but its cuda backend cannot run."""
+    global _warned_cuda_backend_missing
+    if _warned_cuda_backend_missing or torch.compiler.is_compiling():
+        return
+    _warned_cuda_backend_missing = True
+    warnings.warn(f"star_elastic_kernels: {op} got CUDA tensors but its cuda backend is unavailable "
+                  f"({reason}); running the {fallback} backend instead. This is reported once per "
+                  f"process; python -m star_elastic_kernels.info shows every op's backends.",
+                  StarElasticWarning, stacklevel=4)
 
 
 def has_op(name: str) -> bool:

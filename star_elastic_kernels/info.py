@@ -12,11 +12,13 @@ import argparse
 import importlib.metadata
 import json
 import platform
+import sys
 
 import torch
 
 import star_elastic_kernels  # noqa: F401  (registers every op)
 from star_elastic_kernels import _backends, _extension
+from star_elastic_kernels._console import exit_status_of
 
 
 def _version(package: str) -> str | None:
@@ -108,4 +110,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status_of(main))

@@ -97,33 +97,6 @@ def test_import_does_not_initialise_cuda():
     assert "ok" in result.stdout
 
 
-def test_import_without_the_extension_warns_once_and_explains():
-    # Make `star_elastic_kernels._C` unimportable, as on a machine where it was never built.
-    result = run_python("""
-        import sys, warnings, importlib.abc
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path, target=None):
-                if name == "star_elastic_kernels._C":
-                    raise ImportError("simulated: no compiled extension")
-        sys.meta_path.insert(0, Block())
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            import torch, star_elastic_kernels as sek
-            import star_elastic_kernels.info
-        messages = [str(w.message) for w in caught if issubclass(w.category, sek.StarElasticWarning)]
-        assert len(messages) == 1, messages
-        print(messages[0])
-        q = sek.quantize_fp8(torch.ones(3))  # the reference still works
-        try:
-            sek.quantize_fp8(torch.ones(3), backend="cuda")
-        except sek.BackendUnavailableError as error:
-            print("ERROR:", error)
-    """)
-    assert result.returncode == 0, result.stderr
-    assert "pip install -e . --no-build-isolation" in result.stdout
-    assert "ERROR: quantize_fp8: backend 'cuda' is unavailable" in result.stdout
-
-
 def test_info_reports_versions_extension_and_op_table():
     result = run_python("import star_elastic_kernels.info as i; i.main(['--json'])")
     assert result.returncode == 0, result.stderr

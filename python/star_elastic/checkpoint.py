@@ -86,7 +86,8 @@ def join_tensors(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def save_checkpoint(root: str | Path, step: int, payload: dict[str, Any], *, keep: int = 2) -> Path:
     """Write ``payload`` (nested dicts/lists of tensors and JSON values) as checkpoint ``step``.
 
-    Atomic: the directory appears complete or not at all; ``latest`` moves only afterwards. Keeps
+    Atomic: the directory appears complete or not at all (a failed write, e.g. ``OSError`` from a
+    full disk, removes what it had written and re-raises); ``latest`` moves only afterwards. Keeps
     the newest ``keep`` checkpoints. Returns the checkpoint directory.
     """
     root = Path(root)
@@ -95,16 +96,20 @@ def save_checkpoint(root: str | Path, step: int, payload: dict[str, Any], *, kee
     staging = root / f".tmp-step-{step:08d}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    tensors: dict[str, torch.Tensor] = {}
-    state = split_tensors(payload, "payload", tensors)
-    save_file(tensors, str(staging / TENSORS))
-    _fsync_write(staging / STATE, json.dumps({"step": step, "payload": state}))
-    manifest = {name: {"bytes": (staging / name).stat().st_size, "sha256": _sha256(staging / name)}
-                for name in (TENSORS, STATE)}
-    _fsync_write(staging / MANIFEST, json.dumps(manifest, indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(staging, final)
+    try:
+        tensors: dict[str, torch.Tensor] = {}
+        state = split_tensors(payload, "payload", tensors)
+        save_file(tensors, str(staging / TENSORS))
+        _fsync_write(staging / STATE, json.dumps({"step": step, "payload": state}))
+        manifest = {name: {"bytes": (staging / name).stat().st_size, "sha256": _sha256(staging / name)}
+                    for name in (TENSORS, STATE)}
+        _fsync_write(staging / MANIFEST, json.dumps(manifest, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a full disk leaves no half-written staging dir
+        raise
     pointer = root / f".{LATEST}.tmp-{os.getpid()}"
     _fsync_write(pointer, final.name + "\n")
     os.replace(pointer, root / LATEST)

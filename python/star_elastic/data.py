@@ -92,18 +92,33 @@ class CharTokenizer:
 
 
 ARITHMETIC_ALPHABET = "0123456789+=?c \nQA:"
+CHAR_TOKENIZER_NAME = "char_tokenizer.json"
+# Files whose presence means a Hugging Face tokenizer is saved in a directory.
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                      "spiece.model")
 
 
 def load_tokenizer(source: str | Path):
     """``"char"`` (the built-in tokenizer for the synthetic task), a directory saved by
-    :meth:`CharTokenizer.save`, or a local Hugging Face tokenizer directory (never the hub)."""
+    :meth:`CharTokenizer.save`, or a local Hugging Face tokenizer directory (never the hub).
+
+    Raises ``FileNotFoundError`` naming the directory and the files looked for when there is no
+    tokenizer, and ``ValueError`` naming a corrupt tokenizer file.
+    """
     if str(source) == "char":
         return CharTokenizer(ARITHMETIC_ALPHABET)
     path = Path(source)
-    if (path / "char_tokenizer.json").exists():
-        return CharTokenizer.load(path)
+    if (path / CHAR_TOKENIZER_NAME).exists():
+        try:
+            return CharTokenizer.load(path)
+        except (ValueError, KeyError, TypeError) as error:  # (a JSONDecodeError is a ValueError)
+            raise ValueError(f"{path / CHAR_TOKENIZER_NAME} is corrupt ({error!s}); expected "
+                             '{"alphabet": "..."}') from None
     if not path.is_dir():
         raise FileNotFoundError(f"tokenizer: {source!r} is neither 'char' nor a local directory")
+    if not any((path / name).exists() for name in HF_TOKENIZER_FILES):
+        raise FileNotFoundError(f"{path} has no tokenizer: {CHAR_TOKENIZER_NAME} is missing (nor is "
+                                f"there a Hugging Face tokenizer: {', '.join(HF_TOKENIZER_FILES)})")
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)

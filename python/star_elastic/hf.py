@@ -6,7 +6,9 @@ dict converts by renaming keys; shapes and layouts are identical.
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 
 import torch
 
@@ -14,6 +16,26 @@ from .config import ElasticConfig
 from .model import ElasticModel
 
 __all__ = ["from_hf", "to_hf", "hf_state_dict"]
+
+
+def _nemotron_h_class():
+    """transformers' ``NemotronHForCausalLM``, imported without its import-time noise.
+
+    Importing transformers' modeling code imports torchao when it is installed, and torchao's
+    import logs deprecation notices through torch's pytree logger (and may warn). They concern
+    torchao's maintainers, not our users, so they are held back for the duration of the import.
+    """
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    level = pytree_log.level
+    pytree_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            from transformers import NemotronHForCausalLM
+    finally:
+        pytree_log.setLevel(level)
+    return NemotronHForCausalLM
 
 
 def _to_ours(name: str) -> str:
@@ -31,11 +53,9 @@ def from_hf(model_or_path) -> ElasticModel:
     in-place changes (``permute_``) do not touch the transformers model. Keeps every tensor's dtype.
     """
     if isinstance(model_or_path, (str, os.PathLike)):
-        from transformers import NemotronHForCausalLM
-
         if not os.path.isdir(model_or_path):
             raise ValueError(f"{model_or_path!r} is not a local checkpoint directory")
-        model_or_path = NemotronHForCausalLM.from_pretrained(model_or_path, local_files_only=True)
+        model_or_path = _nemotron_h_class().from_pretrained(model_or_path, local_files_only=True)
     hf_model = model_or_path
     config = ElasticConfig.from_hf(hf_model.config)
     with torch.device("meta"):
@@ -56,10 +76,8 @@ def hf_state_dict(model: ElasticModel) -> dict[str, torch.Tensor]:
 
 def to_hf(model: ElasticModel):
     """An equal ``NemotronHForCausalLM`` (copies the weights). Needs uniform per-layer widths."""
-    from transformers import NemotronHForCausalLM
-
     hf_config = model.config.to_hf()
-    hf_model = NemotronHForCausalLM(hf_config)
+    hf_model = _nemotron_h_class()(hf_config)
     state = {name: tensor.detach().clone() for name, tensor in hf_state_dict(model).items()}
     hf_model.load_state_dict(state, strict=True, assign=True)  # keeps our dtypes
     return hf_model.eval()

@@ -4,12 +4,24 @@
 sliced model's logits equal the parent's at that budget. ``export`` writes a transformers
 ``nemotron_h`` checkpoint when the child's widths are uniform across layers, and the project's own
 format (``star_elastic_config.json`` + ``model.safetensors``) otherwise; ``load`` reads either.
+
+An export appears complete or not at all: it is written into a hidden sibling directory and
+renamed into place, so a failed write (a full disk, an interrupt) leaves nothing under the final
+name and a failed re-export leaves the previous export as it was. ``load`` checks the directory
+first (configs parse, every safetensors file is whole) and names the file at fault, before any
+weights load.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -19,9 +31,16 @@ from .budget import Budget, LayerWidths, ResolvedBudget
 from .config import PER_LAYER_FIELDS, ElasticConfig
 from .model import ElasticModel
 
-__all__ = ["sliced_config", "slice_model", "export", "load", "ELASTIC_CONFIG_NAME"]
+__all__ = ["sliced_config", "slice_model", "export", "load", "check_saved_model", "ELASTIC_CONFIG_NAME"]
 
 ELASTIC_CONFIG_NAME = "star_elastic_config.json"
+HF_CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+# What export writes (transformers' save_pretrained included); only such a directory is replaced.
+EXPORT_FILE_NAMES = (ELASTIC_CONFIG_NAME, HF_CONFIG_NAME, "generation_config.json", WEIGHTS_NAME,
+                     WEIGHTS_INDEX_NAME)
+_WEIGHT_SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
 
 
 def _child_sizes(config: ElasticConfig, widths: LayerWidths) -> dict[str, int]:
@@ -161,39 +180,156 @@ def _hf_expressible(config: ElasticConfig) -> bool:
     return config.is_uniform and moe_ok and dt_ok
 
 
+@contextlib.contextmanager
+def staged_directory(path: str | os.PathLike, *, also_replaces: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield an empty hidden sibling of ``path`` to write into; when the block ends without an
+    error it replaces ``path`` in one rename, else it is deleted and ``path`` is left as it was.
+
+    An existing ``path`` is replaced only when it is empty or holds nothing but the files an export
+    writes (``EXPORT_FILE_NAMES``, weight shards, and ``also_replaces``): a directory holding other
+    files raises ``ValueError`` naming them, before anything is written.
+    """
+    final = Path(os.path.abspath(path))
+    if final.exists():
+        if not final.is_dir():
+            raise NotADirectoryError(f"{path} exists and is not a directory")
+        known = set(EXPORT_FILE_NAMES) | set(also_replaces)
+        foreign = sorted(entry.name for entry in final.iterdir()
+                         if not (entry.is_file() and (entry.name in known or _WEIGHT_SHARD.fullmatch(entry.name))))
+        if foreign:
+            raise ValueError(f"{path} holds files an export does not write ({', '.join(foreign[:5])}); "
+                             "export into a new or empty directory")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.with_name(f".{final.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
+    staging.mkdir()
+    try:
+        yield staging
+        for file in staging.iterdir():  # on disk before the rename makes them visible
+            with file.open("rb") as handle:
+                os.fsync(handle.fileno())
+        if final.exists():
+            previous = final.with_name(f".{final.name}.replaced-{os.getpid()}-{secrets.token_hex(4)}")
+            os.rename(final, previous)
+            try:
+                os.rename(staging, final)
+            except BaseException:
+                os.rename(previous, final)
+                raise
+            shutil.rmtree(previous, ignore_errors=True)
+        else:
+            os.rename(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # only still there when something failed
+
+
+def write_model(child: ElasticModel, directory: Path) -> str:
+    """Write ``child`` (whole, unsliced) into the existing ``directory``; returns the format written."""
+    if _hf_expressible(child.config):
+        child.to_hf().save_pretrained(directory)
+        return "nemotron_h"
+    from safetensors.torch import save_file
+
+    with open(directory / ELASTIC_CONFIG_NAME, "w") as f:
+        json.dump({"format": "star_elastic", "config": child.config.to_dict()}, f, indent=2, sort_keys=True)
+    save_file({name: tensor.contiguous() for name, tensor in child.state_dict().items()},
+              str(directory / WEIGHTS_NAME))
+    return "star_elastic"
+
+
 def export(model: ElasticModel, budget: Budget | ResolvedBudget | None, path: str | os.PathLike) -> str:
     """Slice ``model`` at ``budget`` and write it to the directory ``path``.
 
     Returns ``"nemotron_h"`` when it wrote a transformers checkpoint (uniform widths; reload with
     ``NemotronHForCausalLM.from_pretrained(path)``), ``"star_elastic"`` when it wrote the project's
     own format (per-layer widths; reload with :func:`load`).
-    """
-    child = slice_model(model, budget)
-    os.makedirs(path, exist_ok=True)
-    if _hf_expressible(child.config):
-        child.to_hf().save_pretrained(path)
-        return "nemotron_h"
-    from safetensors.torch import save_file
 
-    with open(os.path.join(path, ELASTIC_CONFIG_NAME), "w") as f:
-        json.dump({"format": "star_elastic", "config": child.config.to_dict()}, f, indent=2, sort_keys=True)
-    save_file({name: tensor.contiguous() for name, tensor in child.state_dict().items()},
-              os.path.join(path, "model.safetensors"))
-    return "star_elastic"
+    Atomic: ``path`` holds the complete export or, when writing fails (``OSError``, e.g. a full
+    disk), whatever it held before. An existing ``path`` must be empty or a previous export (else
+    ``ValueError``, before anything is written); it is replaced as a whole.
+    """
+    with staged_directory(path) as staging:
+        return write_model(slice_model(model, budget), staging)
+
+
+def _read_json(file: Path) -> dict:
+    try:
+        data = json.loads(file.read_text())
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{file} is corrupt: not text ({error.reason})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{file} is corrupt: not valid JSON ({error.msg} at line {error.lineno}, "
+                         f"column {error.colno})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file} is corrupt: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _check_safetensors(file: Path) -> None:
+    """Raise unless ``file`` is a whole safetensors file (header parses, data covers every tensor)."""
+    from safetensors import SafetensorError, safe_open
+
+    if not file.is_file():
+        raise FileNotFoundError(f"{file.parent} is incomplete: {file.name} is missing")
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            handle.keys()
+    except SafetensorError as error:
+        raise ValueError(f"{file} is truncated or corrupt ({error})") from None
+
+
+def check_saved_model(path: str | os.PathLike) -> str:
+    """Check that ``path`` holds a model :func:`load` can read, without loading any weights.
+
+    Returns the format (``"star_elastic"`` or ``"nemotron_h"``). Raises ``FileNotFoundError``
+    (``path`` or a file it needs does not exist), ``NotADirectoryError``, or ``ValueError`` (a
+    config that does not parse or is not a model's, a truncated or corrupt safetensors file), each
+    naming the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is not a directory")
+    if (path / ELASTIC_CONFIG_NAME).exists():
+        meta = _read_json(path / ELASTIC_CONFIG_NAME)
+        if meta.get("format") != "star_elastic" or not isinstance(meta.get("config"), dict):
+            raise ValueError(f"{path / ELASTIC_CONFIG_NAME} is not a star_elastic model config "
+                             f"(format {meta.get('format')!r})")
+        _check_safetensors(path / WEIGHTS_NAME)
+        return "star_elastic"
+    if not (path / HF_CONFIG_NAME).exists():
+        raise FileNotFoundError(f"{path} holds no model: neither {ELASTIC_CONFIG_NAME} nor "
+                                f"{HF_CONFIG_NAME} is there")
+    model_type = _read_json(path / HF_CONFIG_NAME).get("model_type")
+    if model_type != "nemotron_h":
+        raise ValueError(f"{path / HF_CONFIG_NAME} describes a {model_type!r} model, not nemotron_h")
+    if (path / WEIGHTS_INDEX_NAME).exists():
+        weight_map = _read_json(path / WEIGHTS_INDEX_NAME).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{path / WEIGHTS_INDEX_NAME} is corrupt: it has no weight_map")
+        for shard in sorted(set(weight_map.values())):
+            _check_safetensors(path / shard)
+    elif (path / WEIGHTS_NAME).exists() or not any(path.glob("pytorch_model*.bin")):
+        _check_safetensors(path / WEIGHTS_NAME)  # (pickled .bin weights are transformers' to check)
+    return "nemotron_h"
 
 
 def load(path: str | os.PathLike) -> ElasticModel:
-    """Load a directory written by :func:`export` (either format) or any local ``nemotron_h`` checkpoint."""
-    elastic_config = os.path.join(path, ELASTIC_CONFIG_NAME)
-    if not os.path.exists(elastic_config):
+    """Load a directory written by :func:`export` (either format) or any local ``nemotron_h`` checkpoint.
+
+    The directory is checked first (:func:`check_saved_model`): a missing, truncated or corrupt
+    file raises an error naming it before any weights load.
+    """
+    if check_saved_model(path) == "nemotron_h":
         return ElasticModel.from_hf(path)
     from safetensors.torch import load_file
 
-    with open(elastic_config) as f:
-        meta = json.load(f)
-    if meta.get("format") != "star_elastic":
-        raise ValueError(f"{elastic_config} is not a star_elastic checkpoint")
+    config_file = Path(path) / ELASTIC_CONFIG_NAME
+    try:
+        config = ElasticConfig.from_dict(_read_json(config_file)["config"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{config_file}: {error}") from None
     with torch.device("meta"):
-        model = ElasticModel(ElasticConfig.from_dict(meta["config"]))
-    model.load_state_dict(load_file(os.path.join(path, "model.safetensors")), strict=True, assign=True)
+        model = ElasticModel(config)
+    model.load_state_dict(load_file(os.path.join(path, WEIGHTS_NAME)), strict=True, assign=True)
     return model

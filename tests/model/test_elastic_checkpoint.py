@@ -32,5 +32,8 @@ def test_elastic_checkpoint_round_trip(tmp_path):
     assert load_tokenizer(tmp_path).tokens == load_tokenizer("char").tokens
     with pytest.raises(ValueError):
         save_elastic(model, {"bad": Budget(hidden_size=1000)}, tmp_path / "x")
-    with pytest.raises(FileNotFoundError, match="budgets.json is missing"):
+    with pytest.raises(FileNotFoundError, match="nothing does not exist"):
         load_elastic(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="not an elastic checkpoint: it has no budgets.json"):
+        load_elastic(tmp_path / "empty")
