@@ -304,7 +304,7 @@ def build_data(section: dict, vocab_size: int, tokenizer=None, texts=None):
     # Synthetic reasoning samples are never cut (a cut one loses its answer); documents from a file
     # longer than max_len are.
     tokens, mask = data.encode_batch(tokenizer, texts, int(section.get("max_len", 128)),
-                                     truncate=source != "synthetic:addition")
+                                     truncate=section.get("source", "synthetic:addition") != "synthetic:addition")
     return tokens, mask, tokenizer
 
 
@@ -380,10 +380,18 @@ def train_command(args) -> int:
     else:
         teacher = build_parent(spec["model"], source)
         student = make_student(teacher)
+    tokens, mask, _ = build_data(spec.get("data", {}), teacher.config.vocab_size, tokenizer, texts)
+    if fixed_budgets is None:
+        layer_order = None
+        if train_config.depth:  # rank the layers (normalised-MSE) on the first training sequences
+            from .importance import rank_layers
+
+            layer_order = rank_layers(teacher, [tokens[i:i + 16] for i in range(0, min(64, len(tokens)), 16)])
         router = ElasticRouter(student.config, train_config.budget_names,
                                train_config.budget_targets, cost=train_config.cost,
-                               heterogeneous=train_config.heterogeneous)
-    tokens, mask, _ = build_data(spec.get("data", {}), teacher.config.vocab_size, tokenizer, texts)
+                               heterogeneous=train_config.heterogeneous, layer_order=layer_order,
+                               min_cost_share=train_config.min_cost_share,
+                               memory_context=train_config.memory_context)
     trainer = ElasticDistillationTrainer(teacher, student, router, tokens, mask, train_config,
                                          wrap=wrap, budgets=fixed_budgets,
                                          teacher_at_same_budget=fixed_budgets is not None)
@@ -441,10 +449,14 @@ def generate_command(args) -> int:
 
 
 def demo_command(args) -> int:
-    from .demo import run_demo
+    from .demo import run_demo_seeds
 
     writable_directory(args.out, "--out")
-    results = run_demo(args.out, quick=args.quick, seed=args.seed)
+    try:
+        seeds = tuple(int(seed) for seed in args.seeds.split(","))
+    except ValueError:
+        raise ValueError(f"--seeds {args.seeds!r} is not a comma-separated list of integers (e.g. 0,1,2)") from None
+    results = run_demo_seeds(args.out, quick=args.quick, seeds=seeds)
     print((Path(args.out) / "results.md").read_text())
     print(f"wrote {args.out}/results.json, results.md, pareto.png and the checkpoints")
     return 0 if results else 1
@@ -488,7 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
                                            "demo runs): results, plot and checkpoints go into --out.")
     demo.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
     demo.add_argument("--quick", action="store_true", help="a small run for CI (about 3 minutes)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seeds", default="0",
+                      help="comma-separated seeds (default 0); several give each seed's run in "
+                           "OUT/seed_K and the mean and standard deviation in OUT")
     demo.set_defaults(run=demo_command)
 
     gen = commands.add_parser(

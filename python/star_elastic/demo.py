@@ -308,10 +308,13 @@ def normalise_costs(configurations: list[dict]) -> None:
 
 
 def dominated_pairs(configurations: list[dict], rho: str) -> list[dict]:
-    """Every (mixed pair, fixed configuration) where the pair is at least as accurate and at most as
-    costly at ``rho``, strictly better in one of the two."""
-    mixed = [c for c in configurations if c["think"] != c["answer"] and c["switch"] == "reprefill"]
-    fixed = [c for c in configurations if c["think"] == c["answer"]]
+    """Every (think-small / answer-large pair, fixed configuration) where the pair is at least as
+    accurate and at most as costly at ``rho``, strictly better in one of the two. A fixed
+    configuration that solves nothing is no baseline and is left out."""
+    order = [name for name, _ in BUDGETS]  # largest first
+    mixed = [c for c in configurations if order.index(c["think"]) > order.index(c["answer"])
+             and c["switch"] == "reprefill"]
+    fixed = [c for c in configurations if c["think"] == c["answer"] and c["accuracy"] > 0]
     found = []
     for m in mixed:
         for f in fixed:
@@ -702,7 +705,8 @@ def plot_pareto(configurations: list[dict], path: Path, *, title: str) -> None:
         ax.xaxis.set_major_formatter(FormatStrFormatter("%.1f"))
         ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
         ax.grid(alpha=0.3)
-        ax.margins(x=0.12, y=0.08)
+        ax.margins(x=0.12)
+        ax.set_ylim(-0.03, 1.05)
     axes[0].set_ylabel("accuracy on held-out problems")
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[n], label=f"{n} alone")
                for n, _ in BUDGETS]

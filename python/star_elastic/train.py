@@ -39,7 +39,7 @@ from . import checkpoint as ckpt
 from . import losses, schedules
 from .budget import Budget
 from .model import ElasticModel
-from .params import parameter_count
+from .params import COST_KINDS, parameter_count
 from .router import ElasticRouter
 
 
@@ -63,7 +63,10 @@ class TrainConfig:
     stages: list[Stage]
     budget_names: tuple[str, ...]
     budget_targets: tuple[float, ...]
-    cost: str = "active"
+    cost: str = "active"  # what budget_targets are fractions of: "active", "total" or "memory"
+    depth: bool = False  # layers are an elastic axis too (ranked on the training data by the CLI)
+    min_cost_share: float = 0.01  # axes that change the cost by less are not routed
+    memory_context: int = 4096  # context tokens of cost = "memory"
     heterogeneous: bool = False
     mask_mode: str = "hard"
     lr: float = 1e-4
@@ -99,6 +102,8 @@ class TrainConfig:
                     raise ValueError(f"stage {stage.name!r}: budget_weights must be >= 0, not all 0")
         if self.grad_accum < 1:
             raise ValueError("grad_accum must be >= 1")
+        if self.cost not in COST_KINDS:
+            raise ValueError(f"cost must be one of {', '.join(COST_KINDS)}, got {self.cost!r}")
         if self.mask_mode not in ("hard", "soft"):
             raise ValueError(f"mask_mode must be 'hard' or 'soft', got {self.mask_mode!r}")
 
@@ -159,6 +164,7 @@ class ElasticObjective(nn.Module):
         self.student, self.router = student, router
         self.fixed_budgets = None if budgets is None else list(budgets)
         self.mask_mode = mask_mode
+        self.last_architectures: dict[int, Budget] = {}  # budget index -> the last forward's
 
     @property
     def num_budgets(self) -> int:
@@ -205,6 +211,8 @@ class ElasticObjective(nn.Module):
             rows = (budget_ids == b).nonzero().flatten()
             forward, router_loss, costs[b] = self.architecture(b, step=step, seed=seed, tau=tau,
                                                                scale=scale)
+            if "budget" in forward:  # for the step's log (soft mode runs the full width)
+                self.last_architectures[b] = forward["budget"]
             # A shard without samples of this budget still runs it once, weighted 0: every rank
             # must make the same forward calls (FSDP gathers parameters in each one).
             weight = 1.0 if rows.numel() else 0.0
@@ -351,12 +359,9 @@ class ElasticDistillationTrainer:
         if router is not None:
             for b, name in enumerate(config.budget_names):
                 metrics[f"cost/{name}"] = float(costs[b])
-                # the architecture this step sampled (the same draw as the forward's)
-                with torch.no_grad():
-                    decision = router.sample(b, tau=tau, scale=scale,
-                                             generator=_generator(config.seed, step, b))
-                metrics[f"arch/{name}"] = json.dumps(
-                    decision.budget(self.objective.student.config).to_dict(), sort_keys=True)
+                architecture = self.objective.last_architectures.get(b)
+                if architecture is not None:  # the architecture this step sampled
+                    metrics[f"arch/{name}"] = json.dumps(architecture.to_dict(), sort_keys=True)
         self.step += 1
         return metrics
 

@@ -1,4 +1,4 @@
-"""`star-elastic demo --quick` end to end: every budget and pair measured, all files written."""
+"""`star-elastic demo --quick` end to end: every configuration measured, the claims block, all files."""
 
 import json
 import math
@@ -6,6 +6,10 @@ import subprocess
 import sys
 
 import pytest
+
+import copy
+
+from star_elastic.demo import BUDGETS, _points, claims, configuration_cost, render_markdown
 
 
 def finite_numbers(tree):
@@ -18,35 +22,87 @@ def finite_numbers(tree):
     return True
 
 
+def test_configuration_cost_by_hand():
+    # 3 thinking tokens + </think> at 10 bytes/token, 2 answer tokens at 30 bytes/token
+    assert configuration_cost(10, 30, prompt_tokens=5, thinking_tokens=3, answer_tokens=2,
+                              reprefill=False, rho=1.0) == 4 * 10 + 2 * 30
+    # a re-prefill feeds prompt + thinking + </think> (9 tokens) at the answering budget, x rho
+    assert configuration_cost(10, 30, prompt_tokens=5, thinking_tokens=3, answer_tokens=2,
+                              reprefill=True, rho=0.5) == 4 * 10 + 2 * 30 + 0.5 * 9 * 30
+    assert configuration_cost(10, 30, prompt_tokens=5, thinking_tokens=3, answer_tokens=2,
+                              reprefill=True, rho=0.0) == 4 * 10 + 2 * 30
+
+
 @pytest.mark.slow
-def test_quick_demo_covers_every_budget_and_pair(tmp_path):
+def test_quick_demo_reports_every_configuration_and_the_claims(tmp_path):
     result = subprocess.run([sys.executable, "-m", "star_elastic.cli", "demo", "--quick", "--out",
                              str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    budgets = set(results["budgets"])
-    assert budgets == {"100%", "70%", "45%"}
-    assert {(p["think"], p["answer"]) for p in results["pairs"].values()} == {
-        (t, a) for t in budgets for a in budgets}
-    assert finite_numbers(results)
+    names = [name for name, _ in BUDGETS]
+    assert list(results["budgets"]) == names
+    assert finite_numbers({k: v for k, v in results.items() if k != "claims"})
+
+    # The claims block, exactly the documented schema.
+    block = results["claims"]
+    assert set(block) == {"test_problems", "seeds", "nested_vs_separate", "frontier"}
+    assert block["test_problems"] == results["settings"]["test_examples"] and block["seeds"] == [0]
+    assert [row["budget"] for row in block["nested_vs_separate"]] == names[1:]
+    for row in block["nested_vs_separate"]:
+        assert set(row) == {"budget", "elastic", "separate_equal_compute", "separate_equal_steps"}
+        assert all(0.0 <= row[k] <= 1.0 for k in row if k != "budget")
+        assert row["elastic"] == results["budgets"][row["budget"]]["accuracy"]
+    caps = [None, *results["settings"]["thinking_caps"]]
+    assert {(f["think"], f["answer"], f["thinking_cap"]) for f in block["frontier"]} == {
+        (t, a, cap) for t in names for a in names for cap in caps}
+    for f in block["frontier"]:
+        assert set(f) == {"think", "answer", "thinking_cap", "accuracy", "cost"}
+        assert 0.0 <= f["accuracy"] <= 1.0 and f["cost"] > 0
+    full = next(f for f in block["frontier"] if f["think"] == f["answer"] == "100%" and f["thinking_cap"] is None)
+    assert full["cost"] == 1.0
+    smallest = next(f for f in block["frontier"] if f["think"] == f["answer"] == "45%" and f["thinking_cap"] is None)
+    assert smallest["cost"] < 1.0
+
     for name, budget in results["budgets"].items():
-        assert 0.0 <= budget["accuracy"] <= 1.0 and budget["seconds_per_problem"] > 0
         assert budget["slicing_max_abs_error"] < 1e-4, name  # sliced == masked parent
     assert results["permutation_max_abs_error"] < 1e-4
     assert results["budgets"]["100%"]["active_fraction"] == 1.0
     assert results["budgets"]["45%"]["active_params"] < results["budgets"]["100%"]["active_params"]
-    mixed = {key for key, p in results["pairs"].items() if p["think"] != p["answer"]}
-    assert set(results["transplant"]) == mixed and len(mixed) == 6
-    for key, t in results["transplant"].items():
-        assert 0.0 <= t["accuracy"] <= 1.0
-        assert t["reprefill_accuracy"] == results["pairs"][key]["accuracy"]
-        assert t["accuracy_cost"] == pytest.approx(t["reprefill_accuracy"] - t["accuracy"])
-    cost = results["training_cost"]
-    assert set(cost["separate_runs"]) == {"70%", "45%"} and cost["elastic_run"]["seconds"] > 0
+    assert sorted(results["layer_order"]) == list(range(len(results["settings"]["layer_pattern"])))
+    assert "depth" in results["router"]["axes"] and "moe_experts" in results["router"]["not_routed"]
+    assert len(results["transplant"]) == 6
+    for name in names[1:]:
+        arms = results["training_cost"]["separate"][name]
+        assert arms["equal_compute"]["steps"] == results["training_cost"]["elastic_run"]["steps"] // 2
+        assert arms["equal_steps"]["steps"] == results["training_cost"]["elastic_run"]["steps"]
+        assert 0 < arms["equal_compute"]["flops"] < arms["equal_steps"]["flops"]
     markdown = (tmp_path / "results.md").read_text()
-    assert all(f"| {a}->{b} |" in markdown for a in budgets for b in budgets)
-    assert "Cache transplant" in markdown
+    assert "(a) Every nested budget" in markdown and "(b) at rho = 1" in markdown
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "elastic" / "budgets.json").exists()
-    for name in budgets:
+    for name in names:
         assert any((tmp_path / "budgets" / name).iterdir())
+
+    # Several seeds: the claims are the means over the runs.
+    other = copy.deepcopy(results)
+    other["seed"] = 1
+    for row in other["configurations"]:
+        row["accuracy"] = 1.0 - row["accuracy"]
+    for arms in other["training_cost"]["separate"].values():
+        arms["equal_compute"]["accuracy"] = 0.25
+    for budget in other["budgets"].values():
+        budget["accuracy"] = 0.5
+    both = claims([results, other])
+    assert both["seeds"] == [0, 1]
+    assert all(f["accuracy"] == pytest.approx(0.5) for f in both["frontier"])
+    for row in both["nested_vs_separate"]:
+        name = row["budget"]
+        assert row["elastic"] == pytest.approx((results["budgets"][name]["accuracy"] + 0.5) / 2)
+        assert row["separate_equal_compute"] == pytest.approx(
+            (results["training_cost"]["separate"][name]["equal_compute"]["accuracy"] + 0.25) / 2)
+    assert " ± " in render_markdown({"claims": both}, [results, other])
+
+
+def test_accuracy_differences_read_as_signed_points():
+    assert _points(-0.031) == "−3.1 pt"
+    assert _points(0.02) == "+2.0 pt"

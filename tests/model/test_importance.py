@@ -1,6 +1,7 @@
 """estimate_importance and permute_: scores against transformers' activations, function-preserving
 permutation, prefixes sorted by importance afterwards, planted unimportant components ranked last."""
 
+import pytest
 import torch
 from transformers import NemotronHForCausalLM
 
@@ -48,7 +49,14 @@ def test_scores_match_activations_captured_from_transformers():
     torch.testing.assert_close(importance.mlp_neurons[3].double(), captured["mlp"], rtol=1e-4, atol=1e-4)
     x_squares = captured["mamba"][64:128].view(8, 8)  # x rows of in_proj: (H, P)
     torch.testing.assert_close(importance.mamba_channels[0].double(), x_squares.sum(0).sqrt(), rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(importance.mamba_heads[0].double(), x_squares.sum(1).sqrt(), rtol=1e-4, atol=1e-4)
+    # eq. 4 by default: heads scored on the D_top best channels, D_top = the smallest head_dim the
+    # router can choose (head_dim 8, granularity 1: the 25% fraction, 2 channels)
+    top2 = x_squares.sum(0).argsort(descending=True)[:2]
+    torch.testing.assert_close(importance.mamba_heads[0].double(), x_squares[:, top2].sum(1).sqrt(), rtol=1e-4, atol=1e-4)
+    every = estimate_importance(model, BATCHES, rank_depth=False, mamba_head_channels="all")
+    torch.testing.assert_close(every.mamba_heads[0].double(), x_squares.sum(1).sqrt(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="mamba_head_channels"):
+        estimate_importance(model, BATCHES, rank_depth=False, mamba_head_channels=9)
     top3 = x_squares.sum(0).argsort(descending=True)[:3]  # D_top: heads scored on the 3 best channels
     top_scores = estimate_importance(model, BATCHES[:1] + BATCHES[1:], rank_depth=False, mamba_head_channels=3)
     torch.testing.assert_close(top_scores.mamba_heads[0].double(), x_squares[:, top3].sum(1).sqrt(), rtol=1e-4, atol=1e-4)

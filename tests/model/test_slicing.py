@@ -163,3 +163,16 @@ def test_group_aware_mamba_budget_equals_transformers_on_hand_sliced_weights():
         hf.lm_head.weight.copy_(parent.lm_head.weight)
         ids = input_ids(2, 9, seed=13)
         torch.testing.assert_close(parent(ids, budget), hf(ids, use_cache=False).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_export_of_a_depth_reduced_budget_reloads_in_transformers(tmp_path):
+    """Depth nesting: a budget that drops layers (and narrows widths) is a smaller uniform
+    nemotron_h model with the remaining layer pattern, and gives the masked parent's logits."""
+    parent = tiny_model(seed=8)
+    budget = Budget(hidden_size=24, mamba_heads_per_group=3, mlp_width=20, skip_layers={1, 3})
+    assert export(parent, budget, tmp_path) == "nemotron_h"
+    hf = NemotronHForCausalLM.from_pretrained(tmp_path, experts_implementation="eager").eval()
+    assert hf.config.num_hidden_layers == 3 and hf.config.hybrid_override_pattern == "MEM"
+    ids = input_ids(2, 9, seed=8)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids, use_cache=False).logits, parent(ids, budget), atol=1e-4, rtol=1e-4)

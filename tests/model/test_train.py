@@ -203,7 +203,8 @@ def test_gradient_accumulation_equals_one_large_batch(tmp_path):
     names = [name for name, _ in large.objective.named_parameters()]
     assert any(g.abs().sum() > 0 for g in grads["large"])
     for name, a, b in zip(names, grads["large"], grads["accumulated"]):
-        assert torch.allclose(a, b, atol=1e-7, rtol=1e-4), (name, (a - b).abs().max())
+        # the router gradients are sums of cancelling terms: 1e-7 absolute is below their rounding
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4), (name, (a - b).abs().max())
     # and accumulation is not a no-op: the first micro-batch alone gives a different gradient
     half = _tiny_trainer(tmp_path / "half", batch_size=4, grad_accum=1)
     fixed_batches(half, 4)
@@ -296,4 +297,5 @@ def test_step_metrics_count_flops_and_log_the_sampled_architecture(tmp_path):
         rows = max(int((budget_ids == b).sum()), 1)  # a budget without samples still runs one row
         student += 6 * parameter_count(config, budget).active_without_embeddings * rows * length
     assert metrics["flops"] == pytest.approx(teacher + student)
-    assert json.loads(metrics["arch/full"]) == {}
+    full = Budget.from_dict(json.loads(metrics["arch/full"]))
+    assert full.resolve(config) == Budget().resolve(config)
