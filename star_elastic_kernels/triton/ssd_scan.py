@@ -13,8 +13,10 @@ Three kernels, each reading the compact activations and the parent's per-head pa
    ``y_t = exp(cum_t) C_t h_in + sum_{s<=t} (C_t.B_s) exp(cum_t - cum_s) dt_s x_s``, then the skip
    term ``D x`` and the gate ``silu(z)``.
 
-Chunks never straddle a sequence: a table built on the host lists, per chunk, its batch row, first
-token, length and sequence, so batched and packed (``cu_seqlens``) inputs run the same kernels.
+Chunks never straddle a sequence: a table built on the device (``ssm/_chunks.py``, no host read)
+lists, per chunk, its batch row, first token and length, so batched and packed (``cu_seqlens``)
+inputs run the same kernels; packed inputs get a static upper bound of chunks, the spare ones of
+length 0 (skipped).
 All offsets are 64-bit. The dt processing is the same jitted function in kernels 1 and 3 so their
 decays agree bit for bit. fp32 inputs multiply in IEEE fp32; fp16/bf16 inputs feed the tensor cores
 in their own dtype with fp32 accumulation (as mamba-ssm does).
@@ -220,17 +222,16 @@ def _block_sizes(chunk_size: int, p: int, state_size: int):
             max(16, min(64, triton.next_power_of_2(state_size))))
 
 
-def _entering_states(x, dt, A, B, dt_bias, initial_states, seq_bounds, chunk_size, dt_softplus,
+def _entering_states(x, dt, A, B, dt_bias, initial_states, bounds, chunk_size, dt_softplus,
                      dt_limit, heads_per_group):
     """Kernels 1 and 2: (chunk table, sequence table, states entering every chunk
     (chunks, H', p, N) fp32, per-chunk total decay (chunks, H') fp32, final states fp32)."""
     b, l, num_active, p = x.shape
     num_groups, state_size = B.shape[2], B.shape[3]
     parent_per_group = A.shape[0] // num_groups
-    num_seqs = b if seq_bounds is None else len(seq_bounds) - 1
+    num_seqs = b if bounds is None else bounds.shape[0] - 1
     final = torch.empty((num_seqs, num_active, p, state_size), dtype=torch.float32, device=x.device)
-    chunk_table, seq_table = chunk_tables(b, l, None if seq_bounds is None else tuple(seq_bounds),
-                                           chunk_size, x.device)
+    chunk_table, seq_table = chunk_tables(b, l, bounds, chunk_size, x.device)
     num_chunks = chunk_table.shape[1]
     states = torch.empty((num_chunks, num_active, p, state_size), dtype=torch.float32,
                          device=x.device)
@@ -258,16 +259,17 @@ def _entering_states(x, dt, A, B, dt_bias, initial_states, seq_bounds, chunk_siz
     return chunk_table, seq_table, states, chunk_decay, final
 
 
-def ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_bounds, chunk_size,
+def ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, initial_states, bounds, chunk_size,
                  dt_softplus, dt_limit, heads_per_group, head_dim):
     """Launch the chunked SSD. Shapes as in ``star_elastic_kernels.ssm.scan`` (already checked):
-    x (b,l,G*k,p) with unit inner stride, ``seq_bounds`` the packed boundaries (python ints) or None.
+    x (b,l,G*k,p) with unit inner stride, ``bounds`` the packed boundaries (int64 on the device,
+    from ``_chunks.packed_bounds``) or None.
     Returns (y (b,l,G*k,p) in x's dtype, final states (b or S, G*k, p, N) fp32)."""
     b, l, num_active, p = x.shape
     num_groups, state_size = B.shape[2], B.shape[3]
     y = torch.empty((b, l, num_active, p), dtype=x.dtype, device=x.device)
     chunk_table, _, states, _, final = _entering_states(
-        x, dt, A, B, dt_bias, initial_states, seq_bounds, chunk_size, dt_softplus, dt_limit,
+        x, dt, A, B, dt_bias, initial_states, bounds, chunk_size, dt_softplus, dt_limit,
         heads_per_group)
     num_chunks = chunk_table.shape[1]
     if num_chunks == 0 or y.numel() == 0:

@@ -225,7 +225,7 @@ def _chunk_bwd_kernel(
              mask=in_chunk)
 
 
-def ssd_scan_bwd(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_bounds,
+def ssd_scan_bwd(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_states, bounds,
                  chunk_size, dt_softplus, dt_limit, heads_per_group):
     """Gradients of ``ssd_scan_fwd``: returns (dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial)
     with the inputs' shapes (fp32; dA, dD, ddt_bias in the parent's layout, zero outside the slice;
@@ -240,7 +240,7 @@ def ssd_scan_bwd(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_
     parent_per_group = num_heads // num_groups
     f32 = dict(dtype=torch.float32, device=x.device)
     chunk_table, seq_table, states, chunk_decay, _ = _entering_states(
-        x, dt, A, B, dt_bias, initial_states, seq_bounds, chunk_size, dt_softplus, dt_limit,
+        x, dt, A, B, dt_bias, initial_states, bounds, chunk_size, dt_softplus, dt_limit,
         heads_per_group)
     num_chunks, num_seqs = chunk_table.shape[1], seq_table.shape[1]
     dx = torch.zeros((b, l, num_active, p), **f32)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import star_elastic_kernels as sek
 from star_elastic_kernels import _backends, _extension
 from star_elastic_kernels.ssm import scan as scan_module
-from star_elastic_kernels.ssm._chunks import chunk_tables
+from star_elastic_kernels.ssm._chunks import chunk_tables, packed_bounds
 from tests.helpers import backend_cases
 from tests.kernels.ssm_cases import (
     import_mamba_oracles,
@@ -369,7 +369,7 @@ needs_host_op = pytest.mark.skipif(not _extension.has_op("_ssd_scan"),
 def host_scan(x, dt, A, B, C, *, chunk_size, k, p, D=None, z=None, dt_bias=None, dt_softplus=False,
               dt_limit=(0.0, float("inf")), initial_states=None, cu_seqlens=None):
     """The CUDA forward's code on the CPU: torch.ops.star_elastic._ssd_scan on CPU tensors."""
-    bounds = None if cu_seqlens is None else [int(v) for v in cu_seqlens]
+    bounds = None if cu_seqlens is None else packed_bounds(cu_seqlens, x.shape[1])
     return scan_module._cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, bounds, chunk_size,
                              dt_softplus, dt_limit[0], dt_limit[1], k)
 

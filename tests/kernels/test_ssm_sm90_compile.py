@@ -54,7 +54,8 @@ def cases():
         out.append((f"chunk_bwd-{act}", k, _signature(k, {**acts, **tables}, consts), consts, 8))
         consts = dict(HAS_D=True, HAS_Z=True, HAS_SLOTS=True, BLOCK_P=32, BLOCK_N=128, **flags)
         k = ssd_state_update._state_update_kernel
-        out.append((f"state_update-{act}", k, _signature(k, {**acts, "slots_ptr": "*i64"}, consts), consts, 4))
+        out.append((f"state_update-{act}", k, _signature(k, {**acts, "slots_ptr": "*i64", "error_ptr": "*i32"}, consts),
+                    consts, 4))
         consts = dict(WIDTH=4, HAS_BIAS=True, HAS_INITIAL=True, VARLEN=True, SILU=True, BLOCK_L=16, BLOCK_C=128)
         k = conv1d._conv1d_kernel
         out.append((f"conv1d-{act}", k, _signature(k, {"x_ptr": f"*{act}", "y_ptr": f"*{act}", "init_ptr": f"*{act}",
@@ -62,7 +63,8 @@ def cases():
         consts = dict(WIDTH=4, HAS_BIAS=True, HAS_SLOTS=True, SILU=True, BLOCK_C=256)
         k = conv1d._conv1d_update_kernel
         out.append((f"conv1d_update-{act}", k, _signature(k, {"x_ptr": f"*{act}", "y_ptr": f"*{act}",
-                                                              "slots_ptr": "*i64"}, consts), consts, 4))
+                                                              "slots_ptr": "*i64", "error_ptr": "*i32"}, consts),
+                    consts, 4))
         consts = dict(HAS_Z=True, NORM_BEFORE_GATE=False, BLOCK=512)
         k = gated_rmsnorm._gated_rmsnorm_kernel
         out.append((f"gated_rmsnorm-{act}", k, _signature(k, {"y_ptr": f"*{act}", "z_ptr": f"*{act}",
