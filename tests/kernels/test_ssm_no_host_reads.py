@@ -143,14 +143,17 @@ def test_ssd_scan_packed_runs_on_fake_cuda_tensors(private_ops, triton_launches,
             # a CUDA context for CUDA tensors, fake or not).
             saved = (a["x"], a["dt"], a["A"], a["B"], a["C"], a["D"], a["z"], a["dt_bias"], init,
                      cu)
-            ctx = SimpleNamespace(saved_tensors=saved, needs_input_grad=[True] * 9 + [False] * 8,
+            ctx = SimpleNamespace(saved_tensors=saved, needs_input_grad=[True] * 9 + [False] * 9,
                                   options=(256, True, 0.0, float("inf"), K, PA), backend=backend)
             grads = scan_module._backward(ctx, torch.empty_like(y), torch.empty_like(final))
             assert [None if g is None else tuple(g.shape) for g in grads[:9]] == \
                 [tuple(t.shape) for t in saved[:9]]
     if backend != "torch":
         names = {name for name, _ in triton_launches}
-        assert {"_chunk_state_kernel", "_state_passing_kernel", "_chunk_bwd_kernel"} <= names
+        # the forward ran its fake impl; the backward (Triton for both backends) launched these
+        assert names == {"_chunk_cumsum_kernel", "_chunk_state_kernel", "_state_passing_kernel",
+                         "_output_state_grad_kernel", "_state_passing_bwd_kernel",
+                         "_chunk_bwd_local_kernel", "_chunk_bwd_shared_kernel"}
 
 
 def pretend_cuda_backend_available(monkeypatch):
@@ -266,7 +269,7 @@ def test_triton_launchers_and_op_bodies_run_on_fake_cuda_tensors(triton_launches
         assert final.shape == (seqs, channels, 3)
         y, final = scan_module._ssd_scan_op._init_fn(
             a["x"], a["dt"], a["A"], a["B"], a["C"], None, None, None, None, packed(seqs, l),
-            64, False, 0.0, float("inf"), K, PA, "triton")
+            64, False, 0.0, float("inf"), K, PA, torch.bfloat16, "triton")
         assert final.shape == (seqs, G * K, PA, N)
     chunk_grids = [grid for name, grid in triton_launches if name == "_chunk_state_kernel"]
     # packed chunks: a static bound (l + S * (Q - 1)) // Q, never a count read from the device
