@@ -3,12 +3,13 @@
 Prefill (``ssd_scan``, bf16, chunk 128): Nemotron Nano v3 (H=64, P=64, N=128, G=8) at 8k and 32k
 tokens and Nano v2 (H=128, P=80) at 8k, at 100 / 75 / 50 % heads per group (head_dim kept). The
 baseline is ``mamba_chunk_scan_combined`` on the same compact activations with the parameters
-gathered at the active heads (what a caller of mamba-ssm would have to do). Our Triton row also
+gathered at the active heads (what a caller of mamba-ssm would have to do); "triton-bf16-states"
+keeps the per-chunk states in bf16 (``chunk_states_dtype``). Our Triton row also
 records ``speedup_vs_mamba`` (targets: >= 2.0 at full width) and ``time_vs_full_width`` (target:
 <= 0.55 at 50 %), both timed in the same test.
 
-Decode (``ssd_state_update``, Nano v3 shape, fp32 state cache as Nemotron's default): batch 1 /
-64 / 256, against ``selective_state_update`` with zero-stride expanded A/dt/D. The floor is one
+Decode (``ssd_state_update``, Nano v3 shape, fp32 state cache as Nemotron's default, and bf16):
+batch 1 / 16 / 64 / 128 / 256, against ``selective_state_update`` with zero-stride expanded A/dt/D. The floor is one
 read and one write of the active state slice; ``floor_fraction`` is against the measured copy
 bandwidth (target: >= 0.85 at batch >= 64).
 
@@ -57,9 +58,13 @@ def _prefill_data(shape: str, tokens: int, width: float):
     return data, heads, k, floor
 
 
-def _ours(d, k, backend="triton"):
+def _ours(d, k, provider="triton"):
+    """Our scan; provider "triton-bf16-states" keeps the per-chunk states in bf16."""
+    backend, _, states = provider.partition("-")
+    states_dtype = torch.bfloat16 if states == "bf16-states" else None
     return lambda: sek.ssd_scan(d["x"], d["dt"], d["A"], d["B"], d["C"], chunk_size=128, D=d["D"],
-                                dt_bias=d["dt_bias"], dt_softplus=True, heads_per_group=k, backend=backend)
+                                dt_bias=d["dt_bias"], dt_softplus=True, heads_per_group=k,
+                                chunk_states_dtype=states_dtype, backend=backend)
 
 
 def _theirs(d, heads):
@@ -71,7 +76,7 @@ def _theirs(d, heads):
 
 @pytest.mark.parametrize("shape,tokens", PREFILL, ids=[f"{s}-{t // 1024}k" for s, t in PREFILL])
 @pytest.mark.parametrize("width", WIDTHS, ids=[f"{int(w * 100)}pct" for w in WIDTHS])
-@pytest.mark.parametrize("provider", ["triton", "cuda", "mamba-ssm"])
+@pytest.mark.parametrize("provider", ["triton", "triton-bf16-states", "cuda", "mamba-ssm"])
 def test_ssd_scan_prefill(gpu_bench, benchmark, shape, tokens, width, provider):
     benchmark.group = f"ssd_scan[{shape}, {tokens} tokens, bf16]"
     d, heads, k, floor = _prefill_data(shape, tokens, width)
@@ -88,24 +93,26 @@ def test_ssd_scan_prefill(gpu_bench, benchmark, shape, tokens, width, provider):
             benchmark.extra_info["time_vs_full_width"] = ms / _do_bench(_ours(full, k_full, provider))
 
 
-DECODE = [(batch, 1.0, provider) for batch in (1, 64, 256) for provider in ("cuda", "triton", "mamba-ssm")]
-DECODE += [(64, 0.5, "cuda"), (256, 0.5, "cuda")]
+DECODE = [(batch, 1.0, provider, "fp32") for batch in (1, 16, 64, 128, 256)
+          for provider in ("cuda", "triton", "mamba-ssm")]
+DECODE += [(64, 0.5, "cuda", "fp32"), (256, 0.5, "cuda", "fp32"), (64, 1.0, "cuda", "bf16"),
+           (256, 1.0, "cuda", "bf16")]
 
 
-@pytest.mark.parametrize("batch,width,provider", DECODE,
-                         ids=[f"b{b}-{int(w * 100)}pct-{p}" for b, w, p in DECODE])
-def test_ssd_state_update_decode(gpu_bench, benchmark, batch, width, provider):
+@pytest.mark.parametrize("batch,width,provider,cache_dtype", DECODE,
+                         ids=[f"b{b}-{int(w * 100)}pct-{p}-{c}" for b, w, p, c in DECODE])
+def test_ssd_state_update_decode(gpu_bench, benchmark, batch, width, provider, cache_dtype):
     s = SHAPES["nano-v3"]
     H, P, N, G = s["H"], s["P"], s["N"], s["G"]
-    benchmark.group = f"ssd_state_update[nano-v3, batch {batch}, fp32 state, {int(width * 100)}%]"
+    benchmark.group = f"ssd_state_update[nano-v3, batch {batch}, {cache_dtype} state, {int(width * 100)}%]"
     k = int(H // G * width)
     g = torch.Generator(device="cuda").manual_seed(0)
     r = lambda *size: torch.randn(*size, device="cuda", generator=g)  # noqa: E731
-    cache = r(batch, H, P, N)
+    cache = r(batch, H, P, N).to(getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[cache_dtype]))
     x, dt = r(batch, G * k, P).bfloat16(), r(batch, G * k)
     A, D, dt_bias = -torch.rand(H, device="cuda", generator=g) - 0.5, r(H), r(H)
     B, C = r(batch, G, N).bfloat16(), r(batch, G, N).bfloat16()
-    floor = batch * G * k * P * N * 4 * 2 + batch * (G * k * P * 2 * 2 + 2 * G * N * 2)
+    floor = batch * G * k * P * N * cache.element_size() * 2 + batch * (G * k * P * 2 * 2 + 2 * G * N * 2)
     if provider == "mamba-ssm":
         ssu = _mamba("mamba_ssm.ops.triton.selective_state_update")
         heads = (torch.arange(G, device="cuda")[:, None] * (H // G) + torch.arange(k, device="cuda")).reshape(-1)

@@ -36,6 +36,7 @@ from star_elastic_kernels.quant import (  # quant ops
 from star_elastic_kernels.ssm import (  # noqa: E402
     causal_conv1d,
     causal_conv1d_update,
+    check_device_errors,
     gated_rmsnorm,
     ssd_scan,
     ssd_state_update,
@@ -68,6 +69,7 @@ __all__ = [
     # ssm
     "causal_conv1d",
     "causal_conv1d_update",
+    "check_device_errors",
     "gated_rmsnorm",
     "ssd_scan",
     "ssd_state_update",

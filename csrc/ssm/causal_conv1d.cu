@@ -24,6 +24,7 @@ using detail::ceil_div;
 using detail::from_float;
 using detail::load_float;
 using detail::load_index;
+using detail::raise_error;
 using detail::silu;
 using detail::store_float;
 using detail::to_float;
@@ -135,6 +136,11 @@ __host__ __device__ void update_thread(const Conv1dUpdateParams& p, int64_t bloc
   const int64_t ch = (block % channel_blocks) * kThreads + thread;
   if (row >= p.batch || ch >= p.channels) return;
   const int64_t slot = p.slots != nullptr ? load_index(p.slots, p.slots_int64, row) : row;
+  if (slot < 0 || slot >= p.num_slots) {  // padding, or outside the cache: no state touched
+    if (slot >= p.num_slots && ch == 0) raise_error(p.errors, kErrorSlotOutOfRange);
+    static_cast<ActT*>(p.y)[row * p.y_stride_b + ch] = from_float<ActT>(0.0f);
+    return;
+  }
   const int64_t pc = parent_channel(p.map, ch);
   const int64_t cell = slot * p.state_stride_s + pc * p.state_stride_c;
   const float x = to_float(static_cast<const ActT*>(p.x)[row * p.x_stride_b + ch]);

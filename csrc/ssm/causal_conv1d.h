@@ -2,8 +2,9 @@
 // packed varlen) and the one-token decode update (in place on the cache).
 //
 // Plain CUDA C++: raw pointers, sizes and strides (in elements), no torch headers. The binding file
-// (csrc/torch_bindings.cpp) turns tensors into these arguments; the Python wrapper
-// (star_elastic_kernels/ssm/conv.py) has checked every shape, dtype, slot and boundary before.
+// (csrc/ssm/bindings.cpp) turns tensors into these arguments; the Python wrapper
+// (star_elastic_kernels/ssm/conv.py) has checked every shape and dtype before; packed boundaries
+// arrive clamped to a valid split (star_elastic_kernels/ssm/_chunks.py).
 //
 // Channel map (the same as the Triton kernels' `_parent_channel`): compact channel ch of
 // [x: G*k*p | B: G*N | C: G*N] reads parent channel
@@ -19,6 +20,8 @@
 // Update: for row r, slot s = slots ? slots[r] : r and active channel ch (parent pc):
 //   y[r, ch] = act(bias[pc] + sum_{i<w-1} weight[pc, i] * state[s, pc, i] + weight[pc, w-1] * x[r, ch])
 //   state[s, pc, :] = (state[s, pc, 1:], x[r, ch])        -- nothing else is read or written.
+// A row whose slot is negative (padding) or >= num_slots touches no state and gets y = 0; a slot
+// >= num_slots also ORs kErrorSlotOutOfRange into *errors (slots are never read on the host).
 //
 // Each op has a CUDA launcher and a host launcher. The host launcher runs the very same per-thread
 // function (a __host__ __device__ function of the grid coordinates) over the whole grid,
@@ -80,6 +83,8 @@ struct Conv1dUpdateParams {
   int64_t bias_stride;
   const void* slots;  // nullptr or (b,) int32/int64 distinct cache slots, contiguous
   bool slots_int64;
+  int64_t num_slots;  // the cache's slot count
+  int32_t* errors;    // (1,) int32 device error word (kErrorSlotOutOfRange)
   void* y;  // (b, c), unit channel stride
   int64_t y_stride_b;
   int64_t batch, channels, width;  // width in 2..4

@@ -70,6 +70,16 @@ __host__ __device__ __forceinline__ int64_t load_index(const void* base, bool is
 
 __host__ __device__ __forceinline__ float silu(float v) { return v / (1.0f + expf(-v)); }
 
+// OR a bit into the device error word (kError* in ssd_state_update.h); the host launchers run
+// the same per-thread code with a host word.
+__host__ __device__ __forceinline__ void raise_error(int32_t* errors, int32_t bit) {
+#ifdef __CUDA_ARCH__
+  atomicOr(errors, bit);
+#else
+  *errors |= bit;
+#endif
+}
+
 __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace star_elastic::ssm::detail

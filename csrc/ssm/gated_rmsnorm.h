@@ -1,7 +1,7 @@
 // Gated group RMSNorm (Mamba-2's RMSNormGated) at an elastic slice, forward.
 //
 // Plain CUDA C++: raw pointers, sizes and strides (in elements), no torch headers. The binding file
-// (csrc/torch_bindings.cpp) turns tensors into these arguments; the Python wrapper
+// (csrc/ssm/bindings.cpp) turns tensors into these arguments; the Python wrapper
 // (star_elastic_kernels/ssm/norm.py) has checked every shape and dtype before.
 //
 // y, z and out are (rows, G*gw) with a unit inner stride, gw = k*p the active group width (dense:

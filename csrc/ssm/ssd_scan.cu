@@ -200,6 +200,7 @@ template <typename ActT>
 __host__ __device__ __forceinline__ void chunk_state_block(const ScanParams& p, const Block& blk,
                                                            StateShared& sm) {
   const ChunkInfo c = chunk_info(p, blk.x);
+  if (c.length == 0) return;  // a padding chunk (packed inputs): the whole block leaves
   const int64_t p0 = blk.y * kTileP, n0 = blk.z * kTileN;
   const float* cum = ws_cum(p, c.chunk, c.head);
   const float* dt = ws_dt(p, c.chunk, c.head);

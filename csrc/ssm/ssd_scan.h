@@ -1,7 +1,7 @@
 // Chunked Mamba-2 SSD scan (prefill) forward at an elastic width, in four phases.
 //
 // Plain CUDA C++: raw pointers, sizes and strides (in elements), no torch headers. The binding file
-// (csrc/torch_bindings.cpp) turns tensors into these arguments; the Python wrapper
+// (csrc/ssm/bindings.cpp) turns tensors into these arguments; the Python wrapper
 // (star_elastic_kernels/ssm/scan.py) has checked every shape and dtype and built the chunk tables.
 //
 // Active head h' (compact, group-major) is parent head (h' / k) * parent_heads_per_group + h' % k
@@ -11,8 +11,9 @@
 //   y_t  = (h_t C_t + D[ph(, c)] x_t) * silu(z_t)
 // with the state restarting (at initial_states, else zero) at every sequence. The work is split in
 // chunks that never straddle a sequence: chunk_table (3, num_chunks) int64 holds each chunk's batch
-// row, first token and length (1 .. chunk_size); seq_table (2, num_seqs) int64 each sequence's first
-// chunk and chunk count (0 for an empty sequence, whose final state is its initial state).
+// row, first token and length (1 .. chunk_size, or 0 for a padding chunk, which is skipped);
+// seq_table (2, num_seqs) int64 each sequence's first chunk and chunk count (0 for an empty
+// sequence, whose final state is its initial state).
 //
 // Phases (one kernel each): (1) chunk cumsum of dt*A, (2) each chunk's own state contribution,
 // (3) state passing across the chunks of a sequence (also the final states), (4) chunk scan: the

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from star_elastic_kernels.ssm import _device_checks
+
 # float64 is accepted for the reference (fp64 gradcheck); the kernels veto it through OpSpec.supports.
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -78,25 +80,38 @@ def dt_limit(limit) -> tuple[float, float]:
     return low, high
 
 
-def seq_bounds(cu_seqlens, batch: int, length: int, device: torch.device) -> list[int]:
-    """Check packed-sequence boundaries (one host sync) and return them as python ints."""
+def values_readable(t: torch.Tensor) -> bool:
+    """Whether reading ``t``'s values on the host is free: a real CPU tensor outside a
+    torch.compile trace. GPU values are never read on the host (see ``_device_checks``)."""
+    return (t.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not _device_checks.is_fake(t))
+
+
+def seq_bounds(cu_seqlens, batch: int, length: int, device: torch.device) -> int:
+    """Check packed-sequence boundaries and return the number of sequences S. Their values are
+    checked here on CPU tensors, on the device (``_device_checks``) otherwise: no host read."""
     tensor(cu_seqlens, "cu_seqlens", 1, dtypes=(torch.int32, torch.int64))
     if cu_seqlens.device != device:
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but x is on {device}")
     if batch != 1:
         raise ValueError(f"cu_seqlens needs batch size 1 (packed sequences), got b={batch}")
-    bounds = [int(v) for v in cu_seqlens.tolist()]
-    if not bounds or bounds[0] != 0 or bounds[-1] != length or any(
-            e < s for s, e in zip(bounds, bounds[1:])):
-        raise ValueError(f"cu_seqlens must start at 0, never decrease and end at l={length}, "
-                         f"got {bounds}")
-    return bounds
+    if cu_seqlens.shape[0] < 2:
+        raise ValueError("cu_seqlens must hold at least one sequence (two boundaries), got "
+                         f"shape {tuple(cu_seqlens.shape)}")
+    if values_readable(cu_seqlens):
+        bounds = [int(v) for v in cu_seqlens.tolist()]
+        if bounds[0] != 0 or bounds[-1] != length or any(e < s for s, e in zip(bounds, bounds[1:])):
+            raise ValueError(f"cu_seqlens must start at 0, never decrease and end at l={length}, "
+                             f"got {bounds}")
+    return cu_seqlens.shape[0] - 1
 
 
 def slot_indices(state_indices, batch: int, num_slots: int, device: torch.device,
-                 check_values: bool = True):
-    """Check decode cache slots: (b,) ints in [0, slots), no slot twice (one host sync; skipped
-    with ``check_values=False``, for CUDA graphs and torch.compile)."""
+                 check_values: bool = False):
+    """Check decode cache slots: (b,) ints, each in [0, slots) or negative (a padding row, skipped),
+    no slot twice. The values are checked on the host for CPU tensors (free) and with
+    ``check_values`` (one sync, opt-in); otherwise the kernels skip slots >= slots on the device
+    and record them (``_device_checks``)."""
     if state_indices is None:
         if batch > num_slots:
             raise ValueError(f"batch {batch} exceeds the cache's {num_slots} slots; pass "
@@ -108,14 +123,30 @@ def slot_indices(state_indices, batch: int, num_slots: int, device: torch.device
     if state_indices.shape[0] != batch:
         raise ValueError(f"state_indices has shape {tuple(state_indices.shape)}, expected "
                          f"({batch},)")
-    if batch and check_values:
-        low, high, distinct = torch.stack([
-            state_indices.min().long(), state_indices.max().long(),
-            torch.unique(state_indices).numel() * torch.ones((), dtype=torch.long,
-                                                              device=device)]).tolist()
-        if low < 0 or high >= num_slots:
-            raise ValueError(f"state_indices must be slots in [0, {num_slots}), got values in "
-                             f"[{low}, {high}]")
-        if distinct != batch:
+    if batch and (check_values or values_readable(state_indices)):
+        if state_indices.device.type != "cpu":
+            _device_checks.check_device_errors(state_indices.device)  # this sync surfaces them too
+        values = state_indices.tolist()
+        used = [v for v in values if v >= 0]
+        if used and max(used) >= num_slots:
+            raise ValueError(f"state_indices must be slots in [0, {num_slots}) (or negative for a "
+                             f"padding row), got {max(used)}")
+        if len(set(used)) != len(used):
             raise ValueError("state_indices must not repeat a slot (two rows would write it)")
     return state_indices.contiguous()  # the kernels index it densely
+
+
+def reference_on_used_slots(step, x: torch.Tensor, state_indices, num_slots: int) -> torch.Tensor:
+    """Run a decode reference ``step(rows, slots) -> y_rows`` on the rows whose slot is in the
+    cache, the kernels' rule: padding rows (slot < 0) and rows with a slot >= ``num_slots``
+    (recorded on the device) are skipped and their output is zero. The reference picks the rows
+    on the host (it is the specification, not a graph-safe path)."""
+    if state_indices is None:
+        return step(None, None).contiguous()
+    used = (state_indices >= 0) & (state_indices < num_slots)
+    _device_checks.record(state_indices, (state_indices >= num_slots).any(),
+                          _device_checks.SLOT_OUT_OF_RANGE)
+    rows = used.nonzero().flatten()
+    y = x.new_zeros(x.shape)
+    y[rows] = step(rows, state_indices[rows])
+    return y

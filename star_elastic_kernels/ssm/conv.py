@@ -18,7 +18,8 @@ import torch
 
 from star_elastic_kernels import _backends
 from star_elastic_kernels.reference import ssm as reference
-from star_elastic_kernels.ssm import _autograd, _checks
+from star_elastic_kernels.ssm import _autograd, _checks, _device_checks
+from star_elastic_kernels.ssm._chunks import packed_bounds
 
 SPEC = _backends.register(_backends.OpSpec(
     "causal_conv1d", backends=("cuda", "triton", "torch"), cuda_ops=("_causal_conv1d",),
@@ -40,12 +41,12 @@ def _narrow(t):
     return t.float() if t is not None and t.dtype == torch.float64 else t
 
 
-def _cuda_conv1d(x, weight, bias, initial_states, cu_seqlens, silu, layout):
+def _cuda_conv1d(x, weight, bias, initial_states, bounds, silu, layout):
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if y.numel():
         torch.ops.star_elastic._causal_conv1d(
             x, _narrow(weight), _narrow(bias), _narrow(initial_states),
-            None if cu_seqlens is None else cu_seqlens.contiguous(), y,
+            bounds, y,
             list(_kernel_layout(layout, weight, x.shape[2]) or ()), silu)
     return y
 
@@ -58,7 +59,8 @@ def _cuda_conv1d_update(x, conv_state, weight, bias, state_indices, silu, layout
     if y.numel():
         torch.ops.star_elastic._causal_conv1d_update(
             x, conv_state, _narrow(weight), _narrow(bias), state_indices, y,
-            list(_kernel_layout(layout, weight, x.shape[1]) or ()), silu)
+            _device_checks.word_for(x), list(_kernel_layout(layout, weight, x.shape[1]) or ()),
+            silu)
     return y
 
 
@@ -83,15 +85,15 @@ def _kernel_layout(layout: list[int], weight: torch.Tensor, channels: int):
 
 def _final_states(x, initial_states, bounds, width):
     """The last w-1 inputs of every sequence (from the initial states where it is shorter):
-    (b or S, c, w-1) in x's dtype."""
+    (b or S, c, w-1) in x's dtype. ``bounds``: packed boundaries on the device (int64, from
+    ``_chunks.packed_bounds``) or None; nothing is read on the host."""
     b, l, c = x.shape
     if bounds is None:
         starts = torch.zeros(b, dtype=torch.long, device=x.device)
         ends = torch.full((b,), l, dtype=torch.long, device=x.device)
         rows = torch.arange(b, device=x.device)
     else:
-        edges = torch.tensor(bounds, dtype=torch.long, device=x.device)
-        starts, ends = edges[:-1], edges[1:]
+        starts, ends = bounds[:-1], bounds[1:]
         rows = torch.zeros_like(starts)
     positions = ends[:, None] - (width - 1) + torch.arange(width - 1, device=x.device)  # (S, w-1)
     from_x = positions >= starts[:, None]
@@ -111,20 +113,18 @@ def _causal_conv1d_op(
     initial_states: torch.Tensor | None, cu_seqlens: torch.Tensor | None, silu: bool,
     layout: list[int], backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    width = weight.shape[1]
-    bounds = None if cu_seqlens is None else [int(v) for v in cu_seqlens.tolist()]
-    if backend == "cuda":
-        y = _cuda_conv1d(x, weight, bias, initial_states, cu_seqlens, silu, layout)
-        return y, _final_states(x, initial_states, bounds, width)
-    if backend == "triton":
-        token_seq = None
-        if bounds is not None:
-            lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-            token_seq = torch.repeat_interleave(
-                torch.arange(len(bounds) - 1, device=x.device), lengths.long(), output_size=x.shape[1])
-        y = _triton().causal_conv1d(x, weight, bias, initial_states, token_seq,
-                                    None if cu_seqlens is None else cu_seqlens.contiguous(),
-                                    _kernel_layout(layout, weight, x.shape[2]), silu)
+    if backend in ("cuda", "triton"):
+        width = weight.shape[1]
+        bounds = None if cu_seqlens is None else packed_bounds(cu_seqlens, x.shape[1])
+        if backend == "cuda":
+            y = _cuda_conv1d(x, weight, bias, initial_states, bounds, silu, layout)
+        else:
+            token_seq = None
+            if bounds is not None:  # the sequence of every packed token (empty ones skipped)
+                tokens = torch.arange(x.shape[1], device=x.device)
+                token_seq = torch.searchsorted(bounds[1:], tokens, right=True)
+            y = _triton().causal_conv1d(x, weight, bias, initial_states, token_seq, bounds,
+                                        _kernel_layout(layout, weight, x.shape[2]), silu)
         return y, _final_states(x, initial_states, bounds, width)
     y, final = _conv_reference(x, weight, bias, initial_states, cu_seqlens, silu, layout)
     return y.contiguous(), final.contiguous()
@@ -169,9 +169,12 @@ def _causal_conv1d_update_op(
     if backend == "triton":
         return _triton().causal_conv1d_update(x, conv_state, weight, bias, state_indices,
                                               _kernel_layout(layout, weight, x.shape[1]), silu)
-    return reference.causal_conv1d_update(
-        x, conv_state, weight, bias, activation="silu" if silu else None,
-        state_indices=state_indices, **_slice_kwargs(layout)).contiguous()
+    def step(rows, slots):
+        return reference.causal_conv1d_update(
+            x if rows is None else x[rows], conv_state, weight, bias,
+            activation="silu" if silu else None, state_indices=slots, **_slice_kwargs(layout))
+
+    return _checks.reference_on_used_slots(step, x, state_indices, conv_state.shape[0])
 
 
 @_causal_conv1d_update_op.register_fake
@@ -259,7 +262,9 @@ def causal_conv1d(
         activation: ``"silu"`` (``"swish"``) or None.
         initial_states: (b, c, w-1) compact, or (S, c, w-1) with ``cu_seqlens``; oldest first.
         cu_seqlens: (S+1,) int32/int64 packed-sequence boundaries (b must be 1; 0 ... l,
-            non-decreasing; one host sync); no input flows across a boundary.
+            non-decreasing); no input flows across a boundary. GPU values are never read on the
+            host (invalid ones are clamped and recorded on the device, see
+            :func:`star_elastic_kernels.ssm.check_device_errors`); CPU values raise here.
         return_final_states: also return the last w-1 inputs of every sequence, (b or S, c, w-1)
             in x's dtype (for decoding).
         num_heads, num_groups, heads_per_group, head_dim: the Mamba slice (H, G, k, p). The parent
@@ -280,7 +285,7 @@ def causal_conv1d(
     layout = _check_layout(weight, c, num_heads, num_groups, heads_per_group, head_dim, "x")
     seqs = b
     if cu_seqlens is not None:
-        seqs = len(_checks.seq_bounds(cu_seqlens, b, l, device)) - 1
+        seqs = _checks.seq_bounds(cu_seqlens, b, l, device)
     _checks.optional(initial_states, "initial_states", 3, device)
     _checks.shape(initial_states, "initial_states", (seqs, c, width - 1))
     chosen = _backends.select_backend(SPEC, device, x.dtype, backend)
@@ -300,7 +305,7 @@ def causal_conv1d_update(
     heads_per_group: int | None = None,
     head_dim: int | None = None,
     state_indices: torch.Tensor | None = None,
-    check_state_indices: bool = True,
+    check_state_indices: bool = False,
     backend: str | None = None,
 ) -> torch.Tensor:
     """One decode token of :func:`causal_conv1d`; updates the parent-layout cache in place.
@@ -312,9 +317,11 @@ def causal_conv1d_update(
             (shifted by one, x appended); everything else stays bit-identical.
         weight, bias, activation, num_heads, num_groups, heads_per_group, head_dim: as in
             :func:`causal_conv1d`.
-        state_indices: optional (b,) int32/int64 distinct slots in [0, slots) (one host sync);
-            default row i -> slot i.
-        check_state_indices: as in :func:`ssd_state_update` (False skips the host sync).
+        state_indices: optional (b,) int32/int64 distinct slots in [0, slots), negative for a
+            padding row (skipped, output zero); default row i -> slot i. As in
+            :func:`ssd_state_update`, GPU values are never read on the host (slots >= slots are
+            skipped and recorded on the device).
+        check_state_indices: as in :func:`ssd_state_update` (opt-in host check, one sync).
         backend: ``"auto" | "cuda" | "triton" | "torch"`` (cuda needs a float32/float16/bfloat16
             ``conv_state``).
 

@@ -12,22 +12,32 @@ import torch
 
 from star_elastic_kernels import _backends
 from star_elastic_kernels.reference import ssm as reference
-from star_elastic_kernels.ssm import _checks
+from star_elastic_kernels.ssm import _checks, _device_checks
 
 SPEC = _backends.register(_backends.OpSpec(
     "ssd_state_update", backends=("cuda", "triton", "torch"), cuda_ops=("_ssd_state_update",),
     supports=_checks.kernels_skip_float64))
 
 
+CUDA_MAX_STATE_SIZE = 4096  # B/C of a group sit in the kernel's shared memory (fp32)
+
+
 def _cuda(state, x, dt, A, B, C, D, z, dt_bias, slots, dt_softplus, dt_min, dt_max,
           heads_per_group):
+    """Run the CUDA decode step (``star_elastic::_ssd_state_update``, csrc/ssm/ssd_state_update.cu)
+    on checked inputs; slots are handled on the device (see ``_device_checks``). On CPU tensors
+    the op's CPU impl runs the kernel's per-thread code on the host (for tests). Returns y."""
+    if B.shape[2] > CUDA_MAX_STATE_SIZE:
+        raise ValueError(f"the cuda backend of ssd_state_update takes a state size N <= "
+                         f"{CUDA_MAX_STATE_SIZE}, got {B.shape[2]}; use backend='triton'")
     # the kernel reads fp32/fp16/bf16 parameters; float64 ones (tiny: per head or per row) go fp32
     narrow = lambda t: t.float() if t is not None and t.dtype == torch.float64 else t  # noqa: E731
     dt, A, D, dt_bias = narrow(dt), narrow(A), narrow(D), narrow(dt_bias)
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if y.numel():
         torch.ops.star_elastic._ssd_state_update(state, x, dt, A, B, C, D, z, dt_bias, slots, y,
-                                                 heads_per_group, dt_softplus, dt_min, dt_max)
+                                                 _device_checks.word_for(x), heads_per_group,
+                                                 dt_softplus, dt_min, dt_max)
     return y
 
 
@@ -46,10 +56,14 @@ def _ssd_state_update_op(
 
         return kernels.ssd_state_update(state, x, dt, A, B, C, D, z, dt_bias, state_indices,
                                         dt_softplus, (dt_min, dt_max), heads_per_group)
-    return reference.ssd_state_update(
-        state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
-        dt_limit=(dt_min, dt_max), heads_per_group=heads_per_group, head_dim=head_dim,
-        state_indices=state_indices).contiguous()
+    def step(rows, slots):
+        pick = (lambda t: t) if rows is None else (lambda t: None if t is None else t[rows])
+        return reference.ssd_state_update(
+            state, pick(x), pick(dt), A, pick(B), pick(C), D=D, z=pick(z), dt_bias=dt_bias,
+            dt_softplus=dt_softplus, dt_limit=(dt_min, dt_max), heads_per_group=heads_per_group,
+            head_dim=head_dim, state_indices=slots)
+
+    return _checks.reference_on_used_slots(step, x, state_indices, state.shape[0])
 
 
 @_ssd_state_update_op.register_fake
@@ -74,7 +88,7 @@ def ssd_state_update(
     heads_per_group: int | None = None,
     head_dim: int | None = None,
     state_indices: torch.Tensor | None = None,
-    check_state_indices: bool = True,
+    check_state_indices: bool = False,
     backend: str | None = None,
 ) -> torch.Tensor:
     """One decode token of the Mamba-2 recurrence; updates the parent-layout cache in place.
@@ -95,10 +109,14 @@ def ssd_state_update(
         dt_softplus, dt_limit: as in :func:`ssd_scan`.
         heads_per_group: k in [1, H/G] (default H/G); head_dim: p in [1, P] (default x.shape[-1]).
         state_indices: optional (b,) int32/int64 cache slot of each row, distinct, in
-            [0, slots) (checked on the host: one sync); default row i -> slot i.
-        check_state_indices: check the values of ``state_indices`` (range, no repeats: one host
-            sync). Pass False under CUDA graphs / ``torch.compile(fullgraph=True)`` when the
-            caller guarantees them; an out-of-range slot then writes out of bounds.
+            [0, slots); a negative slot marks a padding row (skipped: no state read or written,
+            output zero). Default row i -> slot i. GPU values are never read on the host: a slot
+            >= slots is skipped like padding and recorded on the device (raised by
+            :func:`star_elastic_kernels.ssm.check_device_errors`); CPU values are checked here.
+        check_state_indices: opt-in host check of GPU ``state_indices`` (range, no repeated slot;
+            one sync, which also surfaces errors recorded earlier). Off by default so a decode
+            step never stalls and can be captured in a CUDA graph; repeated slots are then the
+            caller's promise (which row wins is undefined).
         backend: ``"auto" | "cuda" | "triton" | "torch"``.
 
     Returns:

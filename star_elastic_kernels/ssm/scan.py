@@ -28,7 +28,7 @@ import torch
 from star_elastic_kernels import _backends
 from star_elastic_kernels.reference import ssm as reference
 from star_elastic_kernels.ssm import _checks
-from star_elastic_kernels.ssm._chunks import chunk_tables
+from star_elastic_kernels.ssm._chunks import chunk_tables, packed_bounds
 
 # auto prefers Triton: its forward runs the chunk matmuls on tensor cores (tl.dot), the CUDA
 # forward in fp32 FMA (no mma/wgmma path yet); revisit when a GPU has timed both.
@@ -51,14 +51,15 @@ def _triton_bwd():
     return kernels
 
 
-def _bounds(cu_seqlens: torch.Tensor | None) -> list[int] | None:
-    return None if cu_seqlens is None else [int(v) for v in cu_seqlens.tolist()]
+def _packed(cu_seqlens: torch.Tensor | None, seqlen: int) -> torch.Tensor | None:
+    """The kernels' boundaries: ``cu_seqlens`` made safe on the device (no host read)."""
+    return None if cu_seqlens is None else packed_bounds(cu_seqlens, seqlen)
 
 
 CUDA_MAX_CHUNK = 256  # the CUDA kernels' longest chunk (kScanMaxChunk in csrc/ssm/ssd_scan.h)
 
 
-def _cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_bounds, chunk_size, dt_softplus,
+def _cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, bounds, chunk_size, dt_softplus,
           dt_min, dt_max, heads_per_group):
     """Run the CUDA SSD forward (``star_elastic::_ssd_scan``); inputs already checked by the public
     wrapper. On CPU tensors the op's CPU impl runs the kernels' per-thread code on the host (for
@@ -70,8 +71,7 @@ def _cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_bounds, chunk_size,
     b, l, heads, p = x.shape
     state_size = B.shape[3]
     chunk = min(int(chunk_size), CUDA_MAX_CHUNK)
-    chunk_table, seq_table = chunk_tables(b, l, None if seq_bounds is None else tuple(seq_bounds),
-                                           chunk, x.device)
+    chunk_table, seq_table = chunk_tables(b, l, bounds, chunk, x.device)
     chunks, seqs = chunk_table.shape[1], seq_table.shape[1]
     y = torch.empty((b, l, heads, p), dtype=x.dtype, device=x.device)
     final = torch.empty((seqs, heads, p, state_size), dtype=torch.float32, device=x.device)
@@ -102,15 +102,16 @@ def _ssd_scan_op(
     D: torch.Tensor | None, z: torch.Tensor | None, dt_bias: torch.Tensor | None,
     initial_states: torch.Tensor | None, cu_seqlens: torch.Tensor | None, chunk_size: int,
     dt_softplus: bool, dt_min: float, dt_max: float, heads_per_group: int, head_dim: int,
-    backend: str,
+    states_dtype: torch.dtype, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if backend == "cuda":
-        return _cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, _bounds(cu_seqlens), chunk_size,
+        return _cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, _packed(cu_seqlens, x.shape[1]),
+                     chunk_size,
                      dt_softplus, dt_min, dt_max, heads_per_group)
     if backend == "triton":
         return _triton().ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, initial_states,
-                                      _bounds(cu_seqlens), chunk_size, dt_softplus,
-                                      (dt_min, dt_max), heads_per_group, head_dim)
+                                      _packed(cu_seqlens, x.shape[1]), chunk_size, dt_softplus,
+                                      (dt_min, dt_max), heads_per_group, head_dim, states_dtype)
     y, final = _reference(x, dt, A, B, C, D, z, dt_bias, initial_states, cu_seqlens, chunk_size,
                           dt_softplus, dt_min, dt_max, heads_per_group, head_dim)
     if initial_states is not None and final.untyped_storage().data_ptr() == \
@@ -121,7 +122,7 @@ def _ssd_scan_op(
 
 @_ssd_scan_op.register_fake
 def _(x, dt, A, B, C, D, z, dt_bias, initial_states, cu_seqlens, chunk_size, dt_softplus, dt_min,
-      dt_max, heads_per_group, head_dim, backend):
+      dt_max, heads_per_group, head_dim, states_dtype, backend):
     b, l, heads, p = x.shape
     seqs = b if cu_seqlens is None else cu_seqlens.shape[0] - 1
     return (x.new_empty((b, l, heads, p)),
@@ -132,14 +133,14 @@ def _(x, dt, A, B, C, D, z, dt_bias, initial_states, cu_seqlens, chunk_size, dt_
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:10])
     ctx.options = inputs[10:16]
-    ctx.backend = inputs[16]
+    ctx.backend = inputs[17]
 
 
 def _backward(ctx, grad_y, grad_final):
     saved = ctx.saved_tensors
     wanted = [i for i in range(len(_GRAD_INPUTS)) if ctx.needs_input_grad[i]
               and saved[i] is not None]
-    grads: list[torch.Tensor | None] = [None] * 17
+    grads: list[torch.Tensor | None] = [None] * 18
     if not wanted:
         return tuple(grads)
     if ctx.backend in ("triton", "cuda"):  # the CUDA forward shares the Triton backward
@@ -147,7 +148,8 @@ def _backward(ctx, grad_y, grad_final):
         x, dt, A, B, C, D, z, dt_bias, initial_states, cu_seqlens = saved
         found = _triton_bwd().ssd_scan_bwd(
             grad_y, grad_final, x, dt, A, B, C, D, z, dt_bias, initial_states,
-            _bounds(cu_seqlens), chunk_size, dt_softplus, (dt_min, dt_max), heads_per_group)
+            _packed(cu_seqlens, x.shape[1]), chunk_size, dt_softplus, (dt_min, dt_max),
+            heads_per_group)
         for i in wanted:
             grads[i] = found[i].to(saved[i].dtype)
         return tuple(grads)
@@ -190,6 +192,7 @@ def ssd_scan(
     return_final_states: bool = False,
     heads_per_group: int | None = None,
     head_dim: int | None = None,
+    chunk_states_dtype: torch.dtype | None = None,
     backend: str | None = None,
 ):
     """Mamba-2 SSD scan over the first ``k`` heads of every group and ``p`` channels of every head.
@@ -205,8 +208,8 @@ def ssd_scan(
         A: (H,) parent decay rates (negative; ``-exp(A_log)``), read at the active heads.
         B, C: (b, l, G, N) in x's dtype, unit innermost stride; never sliced. Head h' uses group
             h' // k.
-        chunk_size: tokens per chunk of the kernels (>= 1; the cuda backend splits chunks longer
-            than 256); does not change the result.
+        chunk_size: tokens per chunk of the kernels (>= 1; the kernels split chunks longer than
+            256); does not change the result beyond rounding.
         D: optional (H,) or (H, P) parent skip weights: ``y += D * x``.
         z: optional (b, l, H', p) gate in x's dtype, unit innermost stride: ``y *= silu(z)``.
         dt_bias: optional (H,) parent bias added to dt before the softplus.
@@ -215,11 +218,17 @@ def ssd_scan(
         initial_states: optional (b, H', p, N) (or (S, H', p, N) with cu_seqlens) compact states
             entering the sequence(s), any float dtype.
         cu_seqlens: optional (S+1,) int32/int64 boundaries of S packed sequences (b must be 1),
-            starting at 0, non-decreasing, ending at l; no state flows across a boundary. Checked
-            on the host (one sync).
+            starting at 0, non-decreasing, ending at l; no state flows across a boundary. Never
+            read on the host for GPU tensors: invalid values are clamped and recorded on the
+            device (see :func:`star_elastic_kernels.ssm.check_device_errors`); on CPU tensors they
+            raise here.
         return_final_states: also return the final states, (b, H', p, N) or (S, H', p, N), fp32.
         heads_per_group: k in [1, H/G] (default H/G, the full model).
         head_dim: p (default x.shape[-1]); checked against P when D is (H, P).
+        chunk_states_dtype: storage of the kernels' per-chunk states, float32 (default) or
+            float16/bfloat16 (half the scan's largest memory traffic, at 16-bit rounding of the
+            states between chunks). The triton backend honours it; cuda and torch keep fp32.
+            Final states are fp32 either way.
         backend: ``"auto" | "cuda" | "triton" | "torch"`` (see
             :func:`star_elastic_kernels.use_backend`).
 
@@ -258,11 +267,14 @@ def ssd_scan(
     low, high = _checks.dt_limit(dt_limit)
     seqs = b
     if cu_seqlens is not None:
-        seqs = len(_checks.seq_bounds(cu_seqlens, b, l, device)) - 1
-        if seqs < 1:
-            raise ValueError("cu_seqlens must hold at least one sequence (two boundaries)")
+        seqs = _checks.seq_bounds(cu_seqlens, b, l, device)
     _checks.shape(initial_states, "initial_states", (seqs, heads, p, B.shape[3]))
+    if chunk_states_dtype is None:
+        chunk_states_dtype = torch.float32
+    if chunk_states_dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"chunk_states_dtype must be torch.float32, torch.float16 or "
+                        f"torch.bfloat16, got {chunk_states_dtype!r}")
     chosen = _backends.select_backend(SPEC, device, x.dtype, backend)
     y, final = _ssd_scan_op(x, dt, A, B, C, D, z, dt_bias, initial_states, cu_seqlens, chunk_size,
-                            bool(dt_softplus), low, high, k, p, chosen)
+                            bool(dt_softplus), low, high, k, p, chunk_states_dtype, chosen)
     return (y, final) if return_final_states else y

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from star_elastic_kernels.ssm import _device_checks
+
 
 @triton.jit
 def _parent_channel(ch, x_channels, head_dim, heads_per_group, parent_heads_per_group,
@@ -69,7 +71,7 @@ def _conv1d_kernel(
 
 @triton.jit
 def _conv1d_update_kernel(
-    x_ptr, state_ptr, w_ptr, bias_ptr, slots_ptr, y_ptr,
+    x_ptr, state_ptr, w_ptr, bias_ptr, slots_ptr, y_ptr, error_ptr, num_slots,
     channels, x_channels, head_dim, heads_per_group, parent_heads_per_group, parent_head_dim,
     parent_x_channels,
     stride_x_b, stride_s_slot, stride_s_c, stride_s_k, stride_w_c, stride_w_k, stride_y_b,
@@ -84,6 +86,12 @@ def _conv1d_update_kernel(
     slot = row
     if HAS_SLOTS:
         slot = tl.load(slots_ptr + row).to(tl.int64)
+        # padding rows (slot < 0) and slots outside the cache (recorded) touch no state
+        used = (slot >= 0) & (slot < num_slots)
+        if slot >= num_slots:
+            tl.atomic_or(error_ptr, 1)  # _device_checks.SLOT_OUT_OF_RANGE
+        c_mask = c_mask & used
+        slot = tl.where(used, slot, 0)
     cell = state_ptr + slot * stride_s_slot + parent * stride_s_c
     x = tl.load(x_ptr + row * stride_x_b + ch, mask=c_mask, other=0.0)
     acc = tl.load(w_ptr + parent * stride_w_c + (WIDTH - 1) * stride_w_k, mask=c_mask,
@@ -99,7 +107,7 @@ def _conv1d_update_kernel(
     tl.store(cell + (WIDTH - 2) * stride_s_k, x.to(state_ptr.dtype.element_ty), mask=c_mask)
     if SILU:
         acc = acc * tl.sigmoid(acc)
-    tl.store(y_ptr + row * stride_y_b + ch, acc.to(y_ptr.dtype.element_ty), mask=c_mask)
+    tl.store(y_ptr + row * stride_y_b + ch, acc.to(y_ptr.dtype.element_ty), mask=ch < channels)
 
 
 def _slice_args(layout):
@@ -134,7 +142,9 @@ def causal_conv1d(x, weight, bias, initial_states, token_seq, cu_seqlens, layout
 
 
 def causal_conv1d_update(x, conv_state, weight, bias, slots, layout, silu):
-    """x (b, c) -> y (b, c); shifts the active channels of ``conv_state`` (slots, C, w-1) in place."""
+    """x (b, c) -> y (b, c); shifts the active channels of ``conv_state`` (slots, C, w-1) in place.
+    Rows whose slot is negative (padding) or outside the cache (recorded in the device error word)
+    touch no state and output zero."""
     b, c = x.shape
     y = torch.empty((b, c), dtype=x.dtype, device=x.device)
     if y.numel() == 0:
@@ -142,7 +152,7 @@ def causal_conv1d_update(x, conv_state, weight, bias, slots, layout, silu):
     block_c = min(256, triton.next_power_of_2(c))
     _conv1d_update_kernel[(b, triton.cdiv(c, block_c))](
         x, conv_state, weight, bias if bias is not None else x, slots if slots is not None else x,
-        y, c, *_slice_args(layout), x.stride(0), *conv_state.stride(), weight.stride(0),
+        y, _device_checks.word_for(x), conv_state.shape[0], c, *_slice_args(layout), x.stride(0), *conv_state.stride(), weight.stride(0),
         weight.stride(1), y.stride(0),
         WIDTH=weight.shape[1], HAS_BIAS=bias is not None, HAS_SLOTS=slots is not None, SILU=silu,
         BLOCK_C=block_c)

@@ -1,22 +1,25 @@
 """Triton chunked SSD backward at an elastic width (gradients of ``ssd_scan``).
 
-Kernels (the forward's chunk table and entering states are recomputed first, with the forward's
-kernels 1-2):
+The backward uses its own chunk of 64 tokens (the result does not depend on the chunking): its
+kernels hold whole-chunk tiles, and 64 is the smallest M of Hopper's wgmma. The forward's chunk
+table and entering states are recomputed first (the forward's kernels 1-3, fp32 states), then:
 
 1. ``_output_state_grad_kernel``: per (chunk, head, channel block) the gradient that the chunk's
    outputs send to the state entering it, ``sum_t exp(cum_t) gy_t C_t^T`` (gy = dout * silu(z)).
 2. ``_state_passing_bwd_kernel``: per (sequence, head, state block) a reverse walk over the chunks:
    the gradient of the state leaving each chunk (the final-state gradient for the last one), and
    the gradient of the initial state.
-3. ``_chunk_bwd_kernel``: per (chunk, head) the chunk recomputed (so z's gradient sees the
-   pre-gate output) and differentiated: x, z, raw dt, B and C per head, and per-chunk partial sums
-   for A and D. It walks the head channels in blocks, writing the channel-local gradients at once
-   and accumulating the sums over channels that B, C and the log-decays need; the log-decay
-   gradient is accumulated per token and reverse-cumsummed.
+3. ``_chunk_bwd_local_kernel``: per (chunk, head, channel block) the chunk recomputed (so z's
+   gradient sees the pre-gate output) and differentiated in its channels: x, z, the D partial
+   sums, and the block's share of the per-token sums the log-decay gradient needs.
+4. ``_chunk_bwd_shared_kernel``: per (chunk, head) what sums over the head's channels (a loop over
+   channel blocks): B and C of the head, raw dt, the chunk's share of A; the log-decay gradient is
+   accumulated per token and reverse-cumsummed.
 
-The launcher reduces B/C over the heads of a group and A/D/dt_bias over tokens and chunks, and
-scatters A/D/dt_bias into the parent's layout (zero outside the active slice). Arithmetic is fp32
-(IEEE dots) whatever the input dtype; 64-bit offsets.
+Every matmul runs on the tensor cores as TF32 on fp32 values (no IEEE dots), whatever the input
+dtype; the other arithmetic is fp32. The launcher reduces B/C over the heads of a group and
+A/D/dt_bias over tokens and chunks, and scatters A/D/dt_bias into the parent's layout (zero
+outside the active slice). 64-bit offsets.
 """
 
 from __future__ import annotations
@@ -26,6 +29,11 @@ import triton
 import triton.language as tl
 
 from star_elastic_kernels.triton.ssd_scan import _chunk_dt_and_cumsum, _entering_states
+
+CHUNK = 64  # the backward's own chunk: whole-chunk tiles, the smallest wgmma M (see ssd_scan_bwd)
+BWD_WARPS = 8
+LOCAL_BLOCK_P = 16  # channels per program of the local kernel (registers: 231 fp32 / 255 bf16)
+SHARED_BLOCK_P = 32  # channels per step of the shared kernel's reduction over the head
 
 
 @triton.jit
@@ -67,7 +75,7 @@ def _output_state_grad_kernel(
         c = tl.load(C_ptr + batch * stride_C_b + rows[:, None] * stride_C_l + group * stride_C_g
                     + n[None, :], mask=in_chunk[:, None] & (n[None, :] < state_size),
                     other=0.0).to(tl.float32)
-        grad = tl.dot(tl.trans(gy), c, input_precision="ieee")
+        grad = tl.dot(tl.trans(gy), c, input_precision="tf32")
         tl.store(out_base + p[:, None] * state_size + n[None, :], grad,
                  mask=(p[:, None] < head_dim) & (n[None, :] < state_size))
 
@@ -98,19 +106,14 @@ def _state_passing_bwd_kernel(
 
 
 @triton.jit
-def _chunk_bwd_kernel(
-    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt_bias_ptr, chunk_table_ptr, states_ptr,
-    dstates_ptr, dout_ptr,
-    dx_ptr, dz_ptr, ddt_ptr, dB_ptr, dC_ptr, dD_ptr, dA_ptr,
-    num_chunks, heads_per_group, parent_heads_per_group, head_dim, state_size, num_active, seqlen,
-    stride_x_b, stride_x_l, stride_x_h, stride_dt_b, stride_dt_l, stride_dt_h,
-    stride_B_b, stride_B_l, stride_B_g, stride_C_b, stride_C_l, stride_C_g,
-    stride_z_b, stride_z_l, stride_z_h, stride_D_h, stride_D_p,
-    stride_do_b, stride_do_l, stride_do_h,
-    dt_min, dt_max,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-):
+def _chunk_bwd_setup(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, dt_bias_ptr, chunk_table_ptr,
+                     num_chunks, heads_per_group, parent_heads_per_group, state_size,
+                     stride_dt_b, stride_dt_l, stride_dt_h, stride_B_b, stride_B_l, stride_B_g,
+                     stride_C_b, stride_C_l, stride_C_g, dt_min, dt_max,
+                     HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+                     BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr):
+    """What both backward kernels of a (chunk, head) need: its tables, decays, B and C tiles and
+    the decayed causal scores (C B^T) * exp(cum_t - cum_s)."""
     chunk = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
     batch = tl.load(chunk_table_ptr + chunk)
@@ -121,86 +124,165 @@ def _chunk_bwd_kernel(
     dt, cum = _chunk_dt_and_cumsum(dt_ptr, dt_bias_ptr, A_ptr, batch, token0, length, head,
                                    parent_head, stride_dt_b, stride_dt_l, stride_dt_h, HAS_DT_BIAS,
                                    DT_SOFTPLUS, dt_min, dt_max, BLOCK_Q)
-    a = tl.load(A_ptr + parent_head).to(tl.float32)
     t = tl.arange(0, BLOCK_Q).to(tl.int64)
     rows = token0 + t
-    token = batch * seqlen + rows  # row of the contiguous (b*l, ...) gradient outputs
     in_chunk = t < length
-    is_last = t == length - 1
-    cum_last = tl.max(tl.where(is_last, cum, float("-inf")), axis=0)
-    exp_cum = tl.exp(cum)
-    decay_to_end = tl.exp(cum_last - cum)
     n = tl.arange(0, BLOCK_N).to(tl.int64)
-    n_mask = n < state_size
-    tile_n = in_chunk[:, None] & n_mask[None, :]
+    tile_n = in_chunk[:, None] & (n < state_size)[None, :]
     b = tl.load(B_ptr + batch * stride_B_b + rows[:, None] * stride_B_l + group * stride_B_g
                 + n[None, :], mask=tile_n, other=0.0).to(tl.float32)
     c = tl.load(C_ptr + batch * stride_C_b + rows[:, None] * stride_C_l + group * stride_C_g
                 + n[None, :], mask=tile_n, other=0.0).to(tl.float32)
     causal = t[:, None] >= t[None, :]
     decay = tl.exp(tl.where(causal, cum[:, None] - cum[None, :], float("-inf")))  # (t, s)
-    cb_decay = tl.dot(c, tl.trans(b), input_precision="ieee") * decay
+    cb_decay = tl.dot(c, tl.trans(b), input_precision="tf32") * decay
+    return (chunk, head, batch, token0, length, parent_head, dt, cum, t, rows, in_chunk, n,
+            tile_n, b, c, decay, cb_decay)
 
-    # One pass over blocks of head channels: the channel-local gradients (x, z, D) directly, and
-    # the sums over channels that B, C and the log-decays need, accumulated.
+
+@triton.jit
+def _chunk_bwd_local_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt_bias_ptr, chunk_table_ptr, states_ptr,
+    dstates_ptr, dout_ptr, dx_ptr, dz_ptr, dD_ptr, parts_ptr, state_dot_ptr,
+    num_chunks, heads_per_group, parent_heads_per_group, head_dim, state_size, num_active, seqlen,
+    stride_x_b, stride_x_l, stride_x_h, stride_dt_b, stride_dt_l, stride_dt_h,
+    stride_B_b, stride_B_l, stride_B_g, stride_C_b, stride_C_l, stride_C_g,
+    stride_z_b, stride_z_l, stride_z_h, stride_D_h, stride_D_p,
+    stride_do_b, stride_do_l, stride_do_h,
+    dt_min, dt_max,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Per (chunk, head, channel block): the channel-local gradients (x, z, D) and the block's
+    share of the per-token sums the log-decay gradient needs (to ``parts``/``state_dot``)."""
+    (chunk, head, batch, token0, length, parent_head, dt, cum, t, rows, in_chunk, n, tile_n, b, c,
+     decay, cb_decay) = _chunk_bwd_setup(
+        x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, dt_bias_ptr, chunk_table_ptr, num_chunks,
+        heads_per_group, parent_heads_per_group, state_size, stride_dt_b, stride_dt_l,
+        stride_dt_h, stride_B_b, stride_B_l, stride_B_g, stride_C_b, stride_C_l, stride_C_g,
+        dt_min, dt_max, HAS_DT_BIAS, DT_SOFTPLUS, BLOCK_Q, BLOCK_N)
+    p_block = tl.program_id(2)
+    p = p_block.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+    token = batch * seqlen + rows  # row of the contiguous (b*l, ...) gradient outputs
+    cum_last = tl.max(tl.where(t == length - 1, cum, float("-inf")), axis=0)
+    exp_cum = tl.exp(cum)
+    decay_to_end = tl.exp(cum_last - cum)
+    n_mask = n < state_size
+    p_mask = p < head_dim
+    tile_p = in_chunk[:, None] & p_mask[None, :]
+    act_offsets = (token[:, None] * num_active + head) * head_dim + p[None, :]
+    x = tl.load(x_ptr + batch * stride_x_b + rows[:, None] * stride_x_l + head * stride_x_h
+                + p[None, :], mask=tile_p, other=0.0).to(tl.float32)
+    dout = tl.load(dout_ptr + batch * stride_do_b + rows[:, None] * stride_do_l
+                   + head * stride_do_h + p[None, :], mask=tile_p, other=0.0).to(tl.float32)
+    state_offsets = ((chunk * num_active + head) * head_dim * state_size
+                     + p[:, None] * state_size + n[None, :])
+    state_mask = p_mask[:, None] & n_mask[None, :]
+    h_in = tl.load(states_ptr + state_offsets, mask=state_mask, other=0.0)  # (BLOCK_P, N)
+    g_end = tl.load(dstates_ptr + state_offsets, mask=state_mask, other=0.0)
+    y_inter = exp_cum[:, None] * tl.dot(c, tl.trans(h_in), input_precision="tf32")
+    gy = dout
+    if HAS_D:
+        d = tl.load(D_ptr + parent_head * stride_D_h + p * stride_D_p, mask=p_mask,
+                    other=0.0).to(tl.float32)
+    if HAS_Z:
+        y = y_inter + tl.dot(cb_decay * dt[None, :], x, input_precision="tf32")
+        if HAS_D:
+            y += d[None, :] * x
+        z = tl.load(z_ptr + batch * stride_z_b + rows[:, None] * stride_z_l
+                    + head * stride_z_h + p[None, :], mask=tile_p, other=0.0).to(tl.float32)
+        sig = tl.sigmoid(z)
+        gy = dout * z * sig
+        tl.store(dz_ptr + act_offsets, dout * y * sig * (1.0 + z * (1.0 - sig)), mask=tile_p)
+    m_end = decay_to_end[:, None] * tl.dot(b, tl.trans(g_end), input_precision="tf32")
+    m = tl.dot(tl.trans(cb_decay), gy, input_precision="tf32") + m_end
+    dx = dt[:, None] * m
+    if HAS_D:
+        dx += d[None, :] * gy
+        tl.store(dD_ptr + (chunk * num_active + head) * head_dim + p, tl.sum(gy * x, axis=0),
+                 mask=p_mask)
+    tl.store(dx_ptr + act_offsets, dx, mask=tile_p)
+    num_p_blocks = tl.num_programs(2)
+    parts = parts_ptr + ((chunk * num_active + head) * num_p_blocks + p_block) * 3 * BLOCK_Q + t
+    tl.store(parts, tl.sum(gy * y_inter, axis=1))
+    tl.store(parts + BLOCK_Q, dt * tl.sum(x * m_end, axis=1))
+    tl.store(parts + 2 * BLOCK_Q, tl.sum(x * m, axis=1))
+    tl.store(state_dot_ptr + ((chunk * num_active + head) * num_p_blocks + p_block) * BLOCK_N + n,
+             tl.sum(g_end * h_in, axis=0))
+
+
+@triton.jit
+def _chunk_bwd_shared_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, dt_bias_ptr, chunk_table_ptr, states_ptr,
+    dstates_ptr, dout_ptr, parts_ptr, state_dot_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr,
+    num_chunks, heads_per_group, parent_heads_per_group, head_dim, state_size, num_active, seqlen,
+    num_p_blocks,
+    stride_x_b, stride_x_l, stride_x_h, stride_dt_b, stride_dt_l, stride_dt_h,
+    stride_B_b, stride_B_l, stride_B_g, stride_C_b, stride_C_l, stride_C_g,
+    stride_z_b, stride_z_l, stride_z_h, stride_do_b, stride_do_l, stride_do_h,
+    dt_min, dt_max,
+    HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Per (chunk, head): the gradients that sum over channels (B and C of the head, raw dt, the
+    chunk's share of A), from sums over channel blocks and the local kernel's per-token parts."""
+    (chunk, head, batch, token0, length, parent_head, dt, cum, t, rows, in_chunk, n, tile_n, b, c,
+     decay, cb_decay) = _chunk_bwd_setup(
+        x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, dt_bias_ptr, chunk_table_ptr, num_chunks,
+        heads_per_group, parent_heads_per_group, state_size, stride_dt_b, stride_dt_l,
+        stride_dt_h, stride_B_b, stride_B_l, stride_B_g, stride_C_b, stride_C_l, stride_C_g,
+        dt_min, dt_max, HAS_DT_BIAS, DT_SOFTPLUS, BLOCK_Q, BLOCK_N)
+    a = tl.load(A_ptr + parent_head).to(tl.float32)
+    token = batch * seqlen + rows
+    is_last = t == length - 1
+    cum_last = tl.max(tl.where(is_last, cum, float("-inf")), axis=0)
+    exp_cum = tl.exp(cum)
+    decay_to_end = tl.exp(cum_last - cum)
+    n_mask = n < state_size
     gx = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)  # (t, s): gy_t . x_s
     x_g_end = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)  # x_s . g_end[:, n]
     gy_h_in = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)  # gy_t . h_in[:, n]
-    g_cum = tl.zeros([BLOCK_Q], dtype=tl.float32)
-    to_end = tl.zeros([BLOCK_Q], dtype=tl.float32)  # dt_s x_s . (g_end B_s) exp(cum_L - cum_s)
-    direct_dt = tl.zeros([BLOCK_Q], dtype=tl.float32)
-    state_dot = tl.zeros([BLOCK_N], dtype=tl.float32)  # <g_end, h_in> by state column
     state_base = (chunk * num_active + head) * head_dim * state_size
     for p0 in range(0, head_dim, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P).to(tl.int64)
         p_mask = p < head_dim
         tile_p = in_chunk[:, None] & p_mask[None, :]
-        act_offsets = (token[:, None] * num_active + head) * head_dim + p[None, :]
         x = tl.load(x_ptr + batch * stride_x_b + rows[:, None] * stride_x_l
                     + head * stride_x_h + p[None, :], mask=tile_p, other=0.0).to(tl.float32)
-        dout = tl.load(dout_ptr + batch * stride_do_b + rows[:, None] * stride_do_l
-                       + head * stride_do_h + p[None, :], mask=tile_p, other=0.0).to(tl.float32)
-        state_offsets = state_base + p[:, None] * state_size + n[None, :]
-        state_mask = p_mask[:, None] & n_mask[None, :]
-        h_in = tl.load(states_ptr + state_offsets, mask=state_mask, other=0.0)  # (BLOCK_P, N)
-        g_end = tl.load(dstates_ptr + state_offsets, mask=state_mask, other=0.0)
-        y_inter = exp_cum[:, None] * tl.dot(c, tl.trans(h_in), input_precision="ieee")
-        gy = dout
-        if HAS_D:
-            d = tl.load(D_ptr + parent_head * stride_D_h + p * stride_D_p, mask=p_mask,
-                        other=0.0).to(tl.float32)
+        gy = tl.load(dout_ptr + batch * stride_do_b + rows[:, None] * stride_do_l
+                     + head * stride_do_h + p[None, :], mask=tile_p, other=0.0).to(tl.float32)
         if HAS_Z:
-            y = y_inter + tl.dot(cb_decay * dt[None, :], x, input_precision="ieee")
-            if HAS_D:
-                y += d[None, :] * x
             z = tl.load(z_ptr + batch * stride_z_b + rows[:, None] * stride_z_l
                         + head * stride_z_h + p[None, :], mask=tile_p, other=0.0).to(tl.float32)
-            sig = tl.sigmoid(z)
-            gy = dout * z * sig
-            tl.store(dz_ptr + act_offsets, dout * y * sig * (1.0 + z * (1.0 - sig)), mask=tile_p)
-        m_end = decay_to_end[:, None] * tl.dot(b, tl.trans(g_end), input_precision="ieee")
-        m = tl.dot(tl.trans(cb_decay), gy, input_precision="ieee") + m_end
-        dx = dt[:, None] * m
-        if HAS_D:
-            dx += d[None, :] * gy
-            tl.store(dD_ptr + (chunk * num_active + head) * head_dim + p, tl.sum(gy * x, axis=0),
-                     mask=p_mask)
-        tl.store(dx_ptr + act_offsets, dx, mask=tile_p)
-        gx += tl.dot(gy, tl.trans(x), input_precision="ieee")
-        x_g_end += tl.dot(x, g_end, input_precision="ieee")
-        gy_h_in += tl.dot(gy, h_in, input_precision="ieee")
-        g_cum += tl.sum(gy * y_inter, axis=1)
-        to_end += dt * tl.sum(x * m_end, axis=1)
-        direct_dt += tl.sum(x * m, axis=1)
-        state_dot += tl.sum(g_end * h_in, axis=0)
+            gy = gy * z * tl.sigmoid(z)
+        state_offsets = state_base + p[:, None] * state_size + n[None, :]
+        state_mask = p_mask[:, None] & n_mask[None, :]
+        h_in = tl.load(states_ptr + state_offsets, mask=state_mask, other=0.0)
+        g_end = tl.load(dstates_ptr + state_offsets, mask=state_mask, other=0.0)
+        gx = tl.dot(gy, tl.trans(x), gx, input_precision="tf32")
+        x_g_end = tl.dot(x, g_end, x_g_end, input_precision="tf32")
+        gy_h_in = tl.dot(gy, h_in, gy_h_in, input_precision="tf32")
 
     gx_decay = gx * decay
-    db = dt[:, None] * tl.dot(tl.trans(gx_decay), c, input_precision="ieee") \
+    db = dt[:, None] * tl.dot(tl.trans(gx_decay), c, input_precision="tf32") \
         + (dt * decay_to_end)[:, None] * x_g_end
-    dc = exp_cum[:, None] * gy_h_in + tl.dot(gx_decay * dt[None, :], b, input_precision="ieee")
+    dc = exp_cum[:, None] * gy_h_in + tl.dot(gx_decay * dt[None, :], b, input_precision="tf32")
     bc_offsets = (token[:, None] * num_active + head) * state_size + n[None, :]
     tl.store(dB_ptr + bc_offsets, db, mask=tile_n)
     tl.store(dC_ptr + bc_offsets, dc, mask=tile_n)
+
+    # the local kernel's per-token sums over channel blocks
+    g_cum = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    to_end = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    direct_dt = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    state_dot = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for i in range(0, num_p_blocks):
+        parts = parts_ptr + ((chunk * num_active + head) * num_p_blocks + i) * 3 * BLOCK_Q + t
+        g_cum += tl.load(parts)
+        to_end += tl.load(parts + BLOCK_Q)
+        direct_dt += tl.load(parts + 2 * BLOCK_Q)
+        state_dot += tl.load(state_dot_ptr + ((chunk * num_active + head) * num_p_blocks + i)
+                             * BLOCK_N + n)
 
     # log-decay gradient per token, then reverse-cumsummed onto every dA_s = dt_s * A
     e = cb_decay * dt[None, :] * gx
@@ -225,7 +307,7 @@ def _chunk_bwd_kernel(
              mask=in_chunk)
 
 
-def ssd_scan_bwd(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_bounds,
+def ssd_scan_bwd(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_states, bounds,
                  chunk_size, dt_softplus, dt_limit, heads_per_group):
     """Gradients of ``ssd_scan_fwd``: returns (dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial)
     with the inputs' shapes (fp32; dA, dD, ddt_bias in the parent's layout, zero outside the slice;
@@ -233,14 +315,14 @@ def ssd_scan_bwd(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_
     b, l, num_active, p = x.shape
     num_groups, state_size = B.shape[2], B.shape[3]
     num_heads = A.shape[0]
-    # The result does not depend on the chunking, so the backward picks its own: the per-chunk
-    # kernel holds several (Q, Q) and (Q, N) fp32 tiles at once, and Q <= 32 keeps them within
-    # registers and shared memory for N <= 128.
-    chunk_size = min(chunk_size, 32)
+    # The result does not depend on the chunking, so the backward picks its own: its kernels hold
+    # (Q, Q) and (Q, N) fp32 tiles of a whole chunk, which fit a program's registers up to Q = 64
+    # at N = 128 (tests/kernels/test_ssm_sm90_compile.py).
+    chunk_size = CHUNK
     parent_per_group = num_heads // num_groups
     f32 = dict(dtype=torch.float32, device=x.device)
-    chunk_table, seq_table, states, chunk_decay, _ = _entering_states(
-        x, dt, A, B, dt_bias, initial_states, seq_bounds, chunk_size, dt_softplus, dt_limit,
+    chunk_table, seq_table, states, chunk_decay, _, _ = _entering_states(
+        x, dt, A, B, dt_bias, initial_states, bounds, chunk_size, dt_softplus, dt_limit,
         heads_per_group)
     num_chunks, num_seqs = chunk_table.shape[1], seq_table.shape[1]
     dx = torch.zeros((b, l, num_active, p), **f32)
@@ -276,16 +358,26 @@ def ssd_scan_bwd(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_
             num_seqs, num_active, state_numel, HAS_DFINAL=dfinal is not None, BLOCK=block)
         if num_chunks > 0:
             D_strides = (0, 0) if D is None else (D.stride(0), D.stride(1) if D.dim() == 2 else 0)
-            _chunk_bwd_kernel[(num_chunks, num_active)](
+            local_p = max(16, min(LOCAL_BLOCK_P, triton.next_power_of_2(p)))
+            p_blocks = triton.cdiv(p, local_p)
+            block_n = max(16, triton.next_power_of_2(state_size))
+            parts = torch.empty((num_chunks, num_active, p_blocks, 3, block_q), **f32)
+            state_dot = torch.empty((num_chunks, num_active, p_blocks, block_n), **f32)
+            common = (num_chunks, heads_per_group, parent_per_group, p, state_size, num_active, l)
+            _chunk_bwd_local_kernel[(num_chunks, num_active, p_blocks)](
                 x, dt, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
                 dt_bias if dt_bias is not None else dummy, chunk_table, states, dstates, dy,
-                dx, dz if dz is not None else dx, ddt, dB_heads, dC_heads, dD_part, dA_part,
-                num_chunks, heads_per_group, parent_per_group, p, state_size, num_active, l,
+                dx, dz if dz is not None else dx, dD_part, parts, state_dot, *common,
                 *x.stride()[:3], *dt.stride(), *B.stride()[:3], *C.stride()[:3], *z_strides,
-                *D_strides, *dy.stride()[:3], *limits,
-                HAS_D=D is not None, HAS_Z=z is not None,
-                BLOCK_Q=block_q, BLOCK_P=max(16, min(32, triton.next_power_of_2(p))),
-                BLOCK_N=max(16, triton.next_power_of_2(state_size)), num_warps=8, **flags)
+                *D_strides, *dy.stride()[:3], *limits, HAS_D=D is not None, HAS_Z=z is not None,
+                BLOCK_Q=block_q, BLOCK_P=local_p, BLOCK_N=block_n, num_warps=BWD_WARPS, **flags)
+            _chunk_bwd_shared_kernel[(num_chunks, num_active)](
+                x, dt, A, B, C, z if z is not None else dummy,
+                dt_bias if dt_bias is not None else dummy, chunk_table, states, dstates, dy,
+                parts, state_dot, ddt, dB_heads, dC_heads, dA_part, *common, p_blocks,
+                *x.stride()[:3], *dt.stride(), *B.stride()[:3], *C.stride()[:3], *z_strides,
+                *dy.stride()[:3], *limits, HAS_Z=z is not None, BLOCK_Q=block_q,
+                BLOCK_P=SHARED_BLOCK_P, BLOCK_N=block_n, num_warps=BWD_WARPS, **flags)
     k = heads_per_group
     heads = ((torch.arange(num_groups, device=x.device) * parent_per_group)[:, None]
              + torch.arange(k, device=x.device)[None, :]).reshape(-1)

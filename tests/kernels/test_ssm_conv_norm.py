@@ -552,7 +552,11 @@ def test_host_ops_guard_the_raw_pointer_contract():
     with pytest.raises(RuntimeError, match="w in 2..4"):
         ops._causal_conv1d(x, torch.randn(CONV_DIM, 5), None, None, None, y, [], True)
     with pytest.raises(RuntimeError, match="conv_state must be"):
-        ops._causal_conv1d_update(x[:, 0], torch.zeros(2, CONV_DIM, 2), weight, None, None, y[:, 0], [], True)
+        ops._causal_conv1d_update(x[:, 0], torch.zeros(2, CONV_DIM, 2), weight, None, None, y[:, 0],
+                                  torch.zeros(1, dtype=torch.int32), [], True)
+    with pytest.raises(RuntimeError, match="errors must be a"):
+        ops._causal_conv1d_update(x[:, 0], torch.zeros(2, CONV_DIM, 3), weight, None, None, y[:, 0],
+                                  torch.zeros(1), [], True)
     with pytest.raises(RuntimeError, match="do not describe a slice"):
         ops._gated_rmsnorm(torch.randn(2, 12), None, torch.randn(12), torch.empty(2, 12), 5, 1, 12, 12, 1e-5, False)
 

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import star_elastic_kernels as sek
+from star_elastic_kernels import _extension
 from tests.helpers import backend_cases
 from tests.kernels.ssm_cases import import_mamba_oracles, parent_heads, scan_inputs, skip_unsupported, slice_heads
 
@@ -292,3 +293,85 @@ def test_torch_compile_fullgraph_decode_loop_matches_eager():
         want = step(eager_cache, a["x"], a["dt"], a["B"], a["C"])
         torch.testing.assert_close(got, want)
         torch.testing.assert_close(cache, eager_cache)
+
+
+# --- the CUDA kernel's per-thread code on the CPU ------------------------------------------------
+# csrc/ssm/ssd_state_update.cu registers a CPU impl of star_elastic::_ssd_state_update that runs the
+# kernel's own per-thread code over its grid (block by block, lane by lane, the C-contraction's
+# shuffle butterfly in the device's order). These tests call it on CPU tensors through the cuda
+# backend's launcher: the 16-byte unit-stride path (N a multiple of 4 / 8, aligned rows) and the
+# element-wise path (strided or misaligned caches), every state x activation dtype, head blocks of
+# one head and of several (a large batch), padding slots. The launch and the timing are not tested.
+
+needs_host_kernel = pytest.mark.skipif(not _extension.has_op("_ssd_state_update"),
+                                       reason="the CUDA extension (with _ssd_state_update) is not built here")
+
+
+def host_cache(slots, heads, p_parent, n, layout, dtype, g):
+    """A (slots, H, P, N) cache: contiguous, transposed (N not innermost) or misaligned by one element."""
+    if layout == "contiguous":
+        return torch.randn(slots, heads, p_parent, n, generator=g).to(dtype)
+    if layout == "transposed":
+        return torch.randn(slots, heads, n, p_parent, generator=g).to(dtype).transpose(2, 3)
+    flat = torch.randn(slots * heads * p_parent * n + 1, generator=g).to(dtype)
+    return flat[1:].view(slots, heads, p_parent, n)
+
+
+@needs_host_kernel
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout,n", [("contiguous", 16), ("contiguous", 24), ("contiguous", 5),
+                                      ("transposed", 16), ("misaligned", 16)])
+def test_cuda_code_on_cpu_matches_reference(state_dtype, dtype, layout, n):
+    from star_elastic_kernels.ssm import decode as decode_module
+
+    g = torch.Generator().manual_seed(30)
+    heads, groups, parent_p, k, p, b = 8, 2, 6, 3, 5, 3
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    cache = host_cache(4, heads, parent_p, n, layout, state_dtype, g)
+    x, z = r(b, groups * k, p).to(dtype), r(b, groups * k, p).to(dtype)
+    dt, A = r(b, groups * k), -(torch.rand(heads, generator=g) + 0.2)
+    B, C = r(b, groups, n).to(dtype), r(b, groups, n).to(dtype)
+    D, dt_bias = r(heads, parent_p), r(heads)
+    slots = torch.tensor([3, -1, 0])
+    want_cache = cache.clone()
+    want = sek.ssd_state_update(want_cache, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=True,
+                                heads_per_group=k, head_dim=p, state_indices=slots, backend="torch")
+    got = decode_module._cuda(cache, x, dt, A, B, C, D, z, dt_bias, slots, True, 0.0, float("inf"), k)
+    half = torch.float32 not in (state_dtype, dtype) or state_dtype != torch.float32
+    tol = dict(atol=2e-2, rtol=2e-2) if half or dtype != torch.float32 else dict(atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.float(), want.float(), **tol)
+    torch.testing.assert_close(cache.float(), want_cache.float(), **tol)
+    assert torch.equal(got[1], torch.zeros_like(got[1]))  # the padding row
+
+
+@needs_host_kernel
+def test_cuda_code_on_cpu_large_batch_blocks_of_several_heads():
+    """At batch * H' >= 2048 a block covers several heads of a group (B/C read once for them)."""
+    from star_elastic_kernels.ssm import decode as decode_module
+
+    g = torch.Generator().manual_seed(31)
+    heads, groups, k, p, n, b = 32, 2, 16, 3, 8, 128
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    cache = r(b + 3, heads, p, n)
+    args = [r(b, groups * k, p), r(b, groups * k), -(torch.rand(heads, generator=g) + 0.2),
+            r(b, groups, n), r(b, groups, n)]
+    slots = torch.randperm(b + 3, generator=g)[:b]
+    want_cache = cache.clone()
+    want = sek.ssd_state_update(want_cache, *args, D=None, dt_softplus=True, heads_per_group=k,
+                                state_indices=slots, backend="torch")
+    got = decode_module._cuda(cache, *args, None, None, None, slots, True, 0.0, float("inf"), k)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cache, want_cache, atol=1e-5, rtol=1e-5)
+
+
+@needs_host_kernel
+def test_cuda_host_op_guards_the_raw_pointer_contract():
+    a = step_inputs(2, 4, P, seed=32)
+    cache, y = torch.zeros(3, H, P, N), torch.empty(2, G * 4, P)
+    ops = torch.ops.star_elastic
+    args = [cache, a["x"], a["dt"], a["A"], a["B"], a["C"], None, None, None, None, y]
+    with pytest.raises(RuntimeError, match="errors must be a"):
+        ops._ssd_state_update(*args, torch.zeros(2, dtype=torch.int32), 4, True, 0.0, float("inf"))
+    with pytest.raises(RuntimeError, match="do not fit together"):
+        ops._ssd_state_update(*args, torch.zeros(1, dtype=torch.int32), 3, True, 0.0, float("inf"))

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import star_elastic_kernels as sek
 from star_elastic_kernels import _backends, _extension
 from star_elastic_kernels.ssm import scan as scan_module
-from star_elastic_kernels.ssm._chunks import chunk_tables
+from star_elastic_kernels.ssm._chunks import chunk_tables, packed_bounds
 from tests.helpers import backend_cases
 from tests.kernels.ssm_cases import (
     import_mamba_oracles,
@@ -254,7 +254,8 @@ def _scan_grads(backend, device, b, l, k, p, cu, chunk, gate, D_shape, seed=18):
     dict(b=1, l=11, k=2, p=5, cu=torch.tensor([0, 3, 3, 11]), chunk=4, gate=True, D_shape=(H,)),
     dict(b=1, l=9, k=4, p=6, cu=None, chunk=16, gate=False, D_shape=(H,)),
     dict(b=1, l=6, k=1, p=40, cu=None, chunk=4, gate=True, D_shape=(H, 40)),
-], ids=["batched-clamped", "varlen-empty-seq", "one-chunk-no-gate", "two-channel-blocks"])
+    dict(b=1, l=70, k=1, p=70, cu=torch.tensor([0, 66, 70]), chunk=256, gate=True, D_shape=(H, 70)),
+], ids=["batched-clamped", "varlen-empty-seq", "one-chunk-no-gate", "wide-head", "long-chunks-channel-blocks"])
 def test_triton_backward_matches_reference_autograd(device, case):
     """The Triton backward kernels against autograd through the reference recurrence (itself
     checked against gradcheck and the float64 oracle above); dt_limit clamps some steps."""
@@ -274,11 +275,11 @@ def test_opcheck(backend, device):
     a = scan_inputs(1, 6, H, P, G, N, seed=12, device=device)
     s = sliced(a, k, p)
     args = (s["x"], s["dt"], a["A"], a["B"], a["C"], a["D2"], s["z"], a["dt_bias"], s["init"], None, 4, True,
-            0.0, float("inf"), k, p, backend)
+            0.0, float("inf"), k, p, torch.float32, backend)
     torch.library.opcheck(torch.ops.star_elastic.ssd_scan.default, args)
     cu = torch.tensor([0, 2, 6], device=device)
     varlen = (s["x"], s["dt"], a["A"], a["B"], a["C"], None, None, None, None, cu, 4, False, 0.0,
-              float("inf"), k, p, backend)
+              float("inf"), k, p, torch.float32, backend)
     torch.library.opcheck(torch.ops.star_elastic.ssd_scan.default, varlen)
 
 
@@ -286,7 +287,8 @@ def test_opcheck_autograd_registration():
     a = scan_inputs(1, 4, H, P, G, N, seed=13)
     args = [t.requires_grad_() for t in (a["x"], a["dt"], a["A"], a["B"], a["C"])]
     torch.library.opcheck(torch.ops.star_elastic.ssd_scan.default,
-                          (*args, None, None, None, None, None, 4, False, 0.0, float("inf"), 4, P, "torch"),
+                          (*args, None, None, None, None, None, 4, False, 0.0, float("inf"), 4, P, torch.float32,
+                           "torch"),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
@@ -369,7 +371,7 @@ needs_host_op = pytest.mark.skipif(not _extension.has_op("_ssd_scan"),
 def host_scan(x, dt, A, B, C, *, chunk_size, k, p, D=None, z=None, dt_bias=None, dt_softplus=False,
               dt_limit=(0.0, float("inf")), initial_states=None, cu_seqlens=None):
     """The CUDA forward's code on the CPU: torch.ops.star_elastic._ssd_scan on CPU tensors."""
-    bounds = None if cu_seqlens is None else [int(v) for v in cu_seqlens]
+    bounds = None if cu_seqlens is None else packed_bounds(cu_seqlens, x.shape[1])
     return scan_module._cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, bounds, chunk_size,
                              dt_softplus, dt_limit[0], dt_limit[1], k)
 
@@ -578,7 +580,9 @@ def test_sliced_call_allocates_only_outputs_and_chunk_workspace():
     allocated, (y, final) = _self_allocated_bytes(run)
     chunks = L // chunk
     state = Gp * k * p * Np * 4
-    workspace = chunks * state + chunks * Gp * k * 4 + 5 * chunks * 8 + 2 * 8
+    dt_cum = 2 * chunks * Gp * k * chunk * 4  # processed dt and cumulative decay per chunk token
+    tables = 16 * (chunks + 1) * 8  # the chunk/sequence tables and their device-side temporaries
+    workspace = chunks * state + chunks * Gp * k * 4 + dt_cum + tables + 2 * 8
     outputs = y.numel() * 4 + final.numel() * 4
     assert outputs <= allocated <= outputs + workspace + 1024, (allocated, outputs, workspace)
     assert allocated < parent_x.numel() * 4 / 4
