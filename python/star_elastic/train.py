@@ -164,7 +164,7 @@ class ElasticObjective(nn.Module):
         self.student, self.router = student, router
         self.fixed_budgets = None if budgets is None else list(budgets)
         self.mask_mode = mask_mode
-        self.last_architectures: dict[int, Budget] = {}  # budget index -> the last forward's
+        self.last_architectures: dict[int, Budget] = {}  # budget index -> the last sampled one
 
     @property
     def num_budgets(self) -> int:
@@ -182,6 +182,7 @@ class ElasticObjective(nn.Module):
         # sees the same decisions everywhere, whatever this shard holds.
         decision = self.router.sample(b, tau=tau, scale=scale, generator=_generator(seed, step, b))
         config = self.student.config
+        self.last_architectures[b] = decision.budget(config)  # the sampled picks, for the log
         if self.mask_mode == "soft" and self.router.targets[b] < 1.0:
             forward = {"masks": decision.channel_masks(config, "soft")}
         else:
@@ -211,8 +212,6 @@ class ElasticObjective(nn.Module):
             rows = (budget_ids == b).nonzero().flatten()
             forward, router_loss, costs[b] = self.architecture(b, step=step, seed=seed, tau=tau,
                                                                scale=scale)
-            if "budget" in forward:  # for the step's log (soft mode runs the full width)
-                self.last_architectures[b] = forward["budget"]
             # A shard without samples of this budget still runs it once, weighted 0: every rank
             # must make the same forward calls (FSDP gathers parameters in each one).
             weight = 1.0 if rows.numel() else 0.0
