@@ -6,6 +6,7 @@
 #include <cuda_fp8.h>
 
 #include <cmath>
+#include <cstring>
 
 namespace star_elastic::quant {
 namespace {
@@ -88,19 +89,108 @@ __host__ __device__ __forceinline__ void thread_row_quantize(const StridedMatrix
         quantize_value(load_as_float(x.data, x.type, row * x.row_stride + c * x.col_stride), scale);
 }
 
+// ---- 16-byte chunks: rows with a unit stride, 16-byte aligned, a whole number of chunks long
+// (the usual activation). A chunk is 8 16-bit or 4 fp32 elements; its codes are one 8- or 4-byte
+// store. Other layouts take the element-wise loops above.
+
+__host__ __device__ __forceinline__ int element_bytes(FloatType type) {
+  return type == FloatType::kFloat32 ? 4 : 2;
+}
+
+__host__ __device__ __forceinline__ bool rows_in_chunks(const StridedMatrix& x, const uint8_t* out) {
+  const int64_t size = element_bytes(x.type);
+  return x.col_stride == 1 && reinterpret_cast<uintptr_t>(x.data) % 16 == 0 &&
+         (x.row_stride * size) % 16 == 0 && (x.cols * size) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(out) % 8 == 0;
+}
+
+// The chunk's elements as floats; returns how many (8 or 4).
+__host__ __device__ __forceinline__ int chunk_values(const uint4& chunk, FloatType type,
+                                                     float values[8]) {
+  const uint32_t words[4] = {chunk.x, chunk.y, chunk.z, chunk.w};
+  if (type == FloatType::kFloat32) {
+    memcpy(values, words, sizeof(words));
+    return 4;
+  }
+  for (int i = 0; i < 8; ++i) {
+    const uint16_t bits = static_cast<uint16_t>(words[i / 2] >> (16 * (i % 2)));
+    if (type == FloatType::kBFloat16) {
+      __nv_bfloat16_raw raw;
+      raw.x = bits;
+      values[i] = __bfloat162float(__nv_bfloat16(raw));
+    } else {
+      __half_raw raw;
+      raw.x = bits;
+      values[i] = __half2float(__half(raw));
+    }
+  }
+  return 8;
+}
+
+__host__ __device__ __forceinline__ uint4 load_chunk(const StridedMatrix& x, int64_t row,
+                                                     int64_t chunk) {
+  const uint8_t* base = static_cast<const uint8_t*>(x.data) +
+                        (row * x.row_stride) * element_bytes(x.type) + 16 * chunk;
+#ifdef __CUDA_ARCH__
+  return *reinterpret_cast<const uint4*>(base);
+#else
+  uint4 value;
+  memcpy(&value, base, sizeof(value));
+  return value;
+#endif
+}
+
+__host__ __device__ __forceinline__ float thread_row_amax_chunks(const StridedMatrix& x,
+                                                                 int64_t row, int tid) {
+  const int64_t chunks = x.cols * element_bytes(x.type) / 16;
+  float amax = 0.0f;
+  float values[8];
+  for (int64_t c = tid; c < chunks; c += kThreads) {
+    const int count = chunk_values(load_chunk(x, row, c), x.type, values);
+    for (int i = 0; i < count; ++i) amax = fmaxf(amax, fabsf(values[i]));
+  }
+  return amax;
+}
+
+__host__ __device__ __forceinline__ void thread_row_quantize_chunks(const StridedMatrix& x,
+                                                                    int64_t row, int tid,
+                                                                    float scale, uint8_t* out) {
+  const int64_t chunks = x.cols * element_bytes(x.type) / 16;
+  float values[8];
+  for (int64_t c = tid; c < chunks; c += kThreads) {
+    const int count = chunk_values(load_chunk(x, row, c), x.type, values);
+    uint8_t codes[8];
+    for (int i = 0; i < count; ++i) codes[i] = quantize_value(values[i], scale);
+    uint8_t* target = out + row * x.cols + c * count;
+#ifdef __CUDA_ARCH__
+    if (count == 8)
+      *reinterpret_cast<uint2*>(target) = *reinterpret_cast<const uint2*>(codes);
+    else
+      *reinterpret_cast<uint32_t*>(target) = *reinterpret_cast<const uint32_t*>(codes);
+#else
+    memcpy(target, codes, count);
+#endif
+  }
+}
+
 // One block per row: amax, scale and codes; the row is read once from memory (the quantizing
 // pass re-reads it from L1/L2, where the amax pass has just brought it).
 __global__ void __launch_bounds__(kThreads) quantize_per_row_kernel(StridedMatrix x, float* scales,
                                                                     uint8_t* out) {
   __shared__ float row_scale;
   const int64_t row = blockIdx.x;
-  const float amax = block_max(thread_row_amax(x, row, threadIdx.x));
+  const bool chunked = rows_in_chunks(x, out);
+  const float amax = block_max(chunked ? thread_row_amax_chunks(x, row, threadIdx.x)
+                                       : thread_row_amax(x, row, threadIdx.x));
   if (threadIdx.x == 0) {
     row_scale = scale_from_amax(amax);
     scales[row] = row_scale;
   }
   __syncthreads();
-  thread_row_quantize(x, row, threadIdx.x, row_scale, out);
+  if (chunked)
+    thread_row_quantize_chunks(x, row, threadIdx.x, row_scale, out);
+  else
+    thread_row_quantize(x, row, threadIdx.x, row_scale, out);
 }
 
 // One block per row: scales[row] = amax(row) / 448.
@@ -195,12 +285,20 @@ cudaError_t fp8_quantize_per_row(const StridedMatrix& x, float* scales, uint8_t*
 }
 
 void fp8_quantize_per_row_host(const StridedMatrix& x, float* scales, uint8_t* out) {
+  const bool chunked = rows_in_chunks(x, out);
   for (int64_t row = 0; row < x.rows; ++row) {
     // block_max's order: max is exact, so any order gives the kernel's result.
     float amax = 0.0f;
-    for (int tid = 0; tid < kThreads; ++tid) amax = fmaxf(amax, thread_row_amax(x, row, tid));
+    for (int tid = 0; tid < kThreads; ++tid)
+      amax = fmaxf(amax, chunked ? thread_row_amax_chunks(x, row, tid)
+                                 : thread_row_amax(x, row, tid));
     scales[row] = scale_from_amax(amax);
-    for (int tid = 0; tid < kThreads; ++tid) thread_row_quantize(x, row, tid, scales[row], out);
+    for (int tid = 0; tid < kThreads; ++tid) {
+      if (chunked)
+        thread_row_quantize_chunks(x, row, tid, scales[row], out);
+      else
+        thread_row_quantize(x, row, tid, scales[row], out);
+    }
   }
 }
 

@@ -36,6 +36,7 @@ cudaError_t fp8_quantize(const StridedMatrix& x, const float* scales, int64_t sc
 // Dynamic per-token quantization in one kernel and one pass over x from memory: one block per row
 // finds amax(|x[r, :]|), sets scales[r] = amax / 448 (1 for an all-zero row) and writes
 // out[r, c] = e4m3_satfinite_rne(x[r, c] / scales[r]) (the second read of the row hits L1/L2).
+// Contiguous, 16-byte aligned rows of a whole number of 16-byte chunks are read 16 bytes at a time.
 // Bit-identical to fp8_compute_scales(per_row) followed by fp8_quantize.
 cudaError_t fp8_quantize_per_row(const StridedMatrix& x, float* scales, uint8_t* out,
                                  cudaStream_t stream);

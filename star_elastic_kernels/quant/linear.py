@@ -39,18 +39,13 @@ def _nvfp4_linear_supports(backend: str, device: torch.device, dtype: torch.dtyp
     return None
 
 
-def _nvfp4_standard_layout_supports(backend: str, device: torch.device, dtype: torch.dtype
-                                    ) -> str | None:
-    if backend == "cuda":
-        return ("the CUDA NVFP4 kernel reads the prepacked layout: pass w.prepack() (an "
-                "NVFP4Prepacked, made once) instead of the NVFP4Weight")
-    return None
-
-
+# The CUDA kernel reads the prepacked layout (NVFP4Prepacked): standard-layout weights have no cuda
+# backend, and asking for it says how to get one.
 NVFP4_LINEAR_SPEC = _backends.register(
-    _backends.OpSpec("nvfp4_linear", backends=("cuda", "triton", "torch"),
-                     cuda_ops=("_nvfp4_marlin_linear",), supports=_nvfp4_standard_layout_supports)
+    _backends.OpSpec("nvfp4_linear", backends=("triton", "torch"))
 )
+_PREPACK_HINT = ("the CUDA NVFP4 kernel reads the prepacked layout: pass w.prepack() (an "
+                 "NVFP4Prepacked, made once) instead of the NVFP4Weight")
 
 
 def _fp8_linear_supports(backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
@@ -328,6 +323,9 @@ def nvfp4_linear(
         out = _nvfp4_prepacked_linear_op(rows, active.codes, active.scales,
                                          active.global_scale.reshape(()), bias, n, chosen)
     else:
+        if _backends.requested_backend(backend) == "cuda":
+            raise _backends.BackendUnavailableError(
+                f"nvfp4_linear: backend 'cuda' is unavailable: {_PREPACK_HINT}")
         chosen = _backends.select_backend(NVFP4_LINEAR_SPEC, x.device, x.dtype, backend)
         out = _nvfp4_linear_op(rows, active.data, active.scale, active.global_scale.reshape(()),
                                bias, chosen)

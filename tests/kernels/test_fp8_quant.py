@@ -240,12 +240,14 @@ def test_property_random_shapes_and_magnitudes(rows, cols, log_magnitude, dtype,
 @pytest.mark.skipif(not sek._extension.has_op("_fp8_quantize_per_row"),
                     reason="the built _C lacks _fp8_quantize_per_row (rebuild the extension)")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(1, 1), (7, 33), (5, 1024 + 5), (4, 16)])
-def test_fused_per_token_quantize_kernel_code_matches_torch_float8_cast(dtype, shape):
-    # The CPU impl runs the CUDA kernel's per-block code (amax pass, scale, quantize pass).
+@pytest.mark.parametrize("shape", [(1, 1), (7, 33), (5, 1024 + 5), (4, 16), (3, 4096 + 64)])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_fused_per_token_quantize_kernel_code_matches_torch_float8_cast(dtype, shape, contiguous):
+    # The CPU impl runs the CUDA kernel's per-block code (amax pass, scale, quantize pass); rows
+    # with whole 16-byte chunks take its 16-byte path, the others the element-wise one.
     x = random_weight(*shape, dtype, "cpu")
-    if shape[1]:
-        x = torch.cat([x, x], dim=1)[:, ::2]  # a strided (non-contiguous) view
+    if not contiguous:
+        x = torch.cat([x, x], dim=1)[:, ::2]  # a strided view
     scales = torch.full((x.shape[0],), float("nan"))
     codes = torch.empty(x.shape, dtype=torch.uint8)
     torch.ops.star_elastic._fp8_quantize_per_row(x, scales, codes)

@@ -17,11 +17,11 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,12 +80,33 @@ def _wgmma_capable_sources(setup) -> list[Path]:
     return sources
 
 
+def _project_files_included_by(source: Path) -> list[Path]:
+    """`source` and every csrc/ header it includes, transitively (third-party headers are pinned
+    by the toolkit and CUTLASS versions in the cache key)."""
+    seen, todo = [], [source]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.append(path)
+        for name in re.findall(r'#include "([^"]+)"', path.read_text()):
+            for candidate in (ROOT / "csrc" / name, path.parent / name):
+                if candidate.exists():
+                    todo.append(candidate.resolve())
+                    break
+    return seen
+
+
 def _ptxas_log(setup, source: Path, nvcc: Path, flags: list[str], includes: list[str]) -> str:
     """ptxas -v output for `source` compiled to PTX with the build's flags (cached)."""
     key = hashlib.sha256()
     key.update(subprocess.run([str(nvcc), "--version"], capture_output=True, text=True).stdout.encode())
     key.update(json.dumps([flags, includes]).encode())
-    for path in [source, *sorted((ROOT / "csrc").rglob("*.h")), *sorted((ROOT / "csrc").rglob("*.cuh"))]:
+    try:  # the CUTLASS headers' version (a CUTLASS_PATH checkout is named by its path above)
+        key.update(importlib.metadata.version("nvidia-cutlass").encode())
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    for path in _project_files_included_by(source):
         key.update(path.read_bytes())
     cached = CACHE / f"{source.stem}-{key.hexdigest()[:16]}.log"
     if cached.exists():
@@ -190,6 +211,11 @@ def test_nvfp4_gemm_kernels_stream_with_cp_async_or_tma_into_tensor_cores(kernel
         assert _count(k["ops"], "LDGSTS") + _count(k["ops"], "UTMALDG") > 0, name
         assert _count(k["ops"], "HMMA") + _count(k["ops"], "HGMMA") > 0, name
         assert _count(k["ops"], "HMUL2") > 0, name  # the bit-level dequant's scale multiply
+
+
+def test_per_token_quantization_reads_16_bytes_at_a_time(kernels):
+    (kernel,) = [k for name, k in kernels.items() if "quantize_per_row_kernel" in name]
+    assert _count(kernel["ops"], "LDG.E.128") >= 2  # the amax pass and the quantizing pass
 
 
 def test_no_quant_kernel_spills(kernels):
