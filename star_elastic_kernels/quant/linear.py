@@ -1,7 +1,8 @@
 """Quantized linears for nested (elastic) weights: :func:`nvfp4_linear` and :func:`fp8_linear`.
 
 Order of this file: launchers, the registered ops (``star_elastic::nvfp4_linear``,
-``star_elastic::fp8_linear``) with fake implementations, then the public wrappers. Kernels:
+``star_elastic::nvfp4_prepacked_linear``, ``star_elastic::fp8_linear``) with fake implementations,
+then the public wrappers. Kernels:
 ``star_elastic_kernels/triton/nvfp4_linear.py`` and ``triton/fp8_linear.py``; specification:
 ``reference/nvfp4.py`` (``nvfp4_linear_ref``) and ``reference/fp8.py`` (``fp8_linear_ref``).
 
@@ -80,10 +81,11 @@ def _marlin_token_groups(m: int) -> int:
 
 
 def marlin_split(m: int, n: int, k: int, sms: int) -> int:
-    """Blocks (a thread-block cluster, <= 8) sharing each output tile's K loop: enough tiles in
-    flight to keep two blocks per SM streaming weights, never more than the K tiles."""
+    """Blocks (a thread-block cluster, <= 8) sharing each output tile's K loop: enough to keep
+    about four blocks per SM streaming weights (a block's 4-6 stages hold 9-14 KB in flight),
+    never more than the K tiles."""
     tiles = -(-n // 64) * -(-m // (8 * _marlin_token_groups(m)))
-    return max(1, min(8, -(-k // 64), -(-2 * sms // max(tiles, 1))))
+    return max(1, min(8, -(-k // 64), -(-4 * sms // max(tiles, 1))))
 
 
 def _fp8_cuda_problem(activation_quant, w_active: FP8Weight, n: int, k: int) -> str | None:

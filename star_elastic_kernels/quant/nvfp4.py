@@ -1,9 +1,11 @@
-"""NVFP4 weights: the :class:`NVFP4Weight` container, quantize and dequantize.
+"""NVFP4 weights: the :class:`NVFP4Weight` container, its :class:`NVFP4Prepacked` inference
+layout, quantize, prepack and dequantize.
 
-Order of this file: the container, backend launchers, the registered ops (``star_elastic::nvfp4_*``)
-with their fake implementations, then the public wrappers :func:`quantize_nvfp4` and
-:func:`dequantize_nvfp4`. Kernels: ``star_elastic_kernels/triton/nvfp4_quant.py`` (triton); the
-specification: ``star_elastic_kernels/reference/nvfp4.py`` (torch).
+Order of this file: the containers, backend launchers, the registered ops (``star_elastic::nvfp4_*``)
+with their fake implementations, then the public wrappers :func:`quantize_nvfp4`,
+:func:`prepack_nvfp4` and :func:`dequantize_nvfp4`. Kernels: ``star_elastic_kernels/triton/
+nvfp4_quant.py`` (triton), ``csrc/quant/nvfp4_marlin.cu`` (the CUDA prepack); the specification:
+``star_elastic_kernels/reference/nvfp4.py`` (torch, including the prepacked layout).
 
 Format (DESIGN §3.3): data uint8 (N, K/2), element 2i in the low nibble; E4M3 block scales
 (N, K/16) plainly row-major, one per 16 elements along K; an FP32 per-tensor decode scale

@@ -211,7 +211,8 @@ def test_bad_prepacked_inputs_raise_clear_errors(call, error, words):
 
 
 def test_marlin_split_heuristic_stays_in_the_cluster_limit():
-    assert linear_ops.marlin_split(1, 2688, 1856, 132) == 7  # 42 tiles; 29 k-tiles
+    assert linear_ops.marlin_split(1, 2688, 1856, 132) == 8  # 42 tiles; 29 k-tiles
+    assert linear_ops.marlin_split(1, 5120, 20480, 132) == 7  # 80 tiles
     assert linear_ops.marlin_split(1, 64, 64, 132) == 1  # one k-tile
     assert linear_ops.marlin_split(4096, 20480, 5120, 132) == 1  # plenty of tiles
     assert all(1 <= linear_ops.marlin_split(m, n, 4096, 132) <= 8
@@ -229,3 +230,48 @@ def test_prepacked_op_registration_and_compile():
     packed = w.prepack()
     layer = lambda x: sek.nvfp4_linear(x, packed, out_features=70)  # noqa: E731
     assert torch.equal(torch.compile(layer, fullgraph=True)(x), layer(x))
+
+
+# --- on a GPU: the CUDA kernels against their own CPU runs ---------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,k", [(150, 224), (2688, 1856)])
+def test_gpu_prepack_and_operands_equal_their_cpu_runs(n, k):
+    w = special_weight(n, k, seed=5)
+    packed = w._replace(data=w.data.cuda(), scale=w.scale.cuda(),
+                        global_scale=w.global_scale.cuda()).prepack(backend="cuda")
+    codes, scales = prepack_host(w)
+    assert torch.equal(packed.codes.cpu(), codes) and torch.equal(packed.scales.cpu(), scales)
+    for dtype in (torch.float16, torch.bfloat16):
+        child = packed.slice(n // 2, 16 * (k // 32))
+        out = torch.empty(child.shape, dtype=dtype, device="cuda")
+        torch.ops.star_elastic._nvfp4_prepacked_operands(child.codes, child.scales, out)
+        host = sek.NVFP4Prepacked(codes, scales, w.global_scale, n, k).slice(*child.shape)
+        assert torch.equal(out.cpu(), operands_host(host, dtype))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("m", [1, 16, 64, 300])
+def test_gpu_kernel_matches_its_cpu_run_and_is_deterministic(dtype, m):
+    g = torch.Generator().manual_seed(m)
+    w = sek.quantize_nvfp4(torch.randn(300, 640, generator=g))
+    packed = w.prepack(backend="torch")
+    child = packed.slice(200, 448)
+    x = torch.randn(m, 448, generator=g).to(dtype)
+    bias = torch.randn(200, generator=g).to(dtype)
+    gpu = child._replace(codes=child.codes.cuda(), scales=child.scales.cuda(),
+                         global_scale=child.global_scale.cuda())
+    weight = nvfp4_decode(w, 200, 448)
+    for split in (1, 3, 8):
+        out = torch.empty(m, 200, dtype=dtype, device="cuda")
+        torch.ops.star_elastic._nvfp4_marlin_linear(x.cuda(), gpu.codes, gpu.scales,
+                                                    gpu.global_scale, bias.cuda(), out, split)
+        again = torch.empty_like(out)
+        torch.ops.star_elastic._nvfp4_marlin_linear(x.cuda(), gpu.codes, gpu.scales,
+                                                    gpu.global_scale, bias.cuda(), again, split)
+        assert torch.equal(out, again)  # deterministic split-K
+        assert_close(out, x.double() @ weight.t() + bias.double(), x, weight, dtype)
+        cpu = marlin_host(x, child, bias, split)
+        assert_close(out, cpu.double(), x, weight, dtype)
