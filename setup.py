@@ -137,8 +137,11 @@ def cuda_extension():
     archs = parse_archs(os.environ.get("STAR_ELASTIC_CUDA_ARCHS", "90a"))
     includes = [ROOT / "csrc", *cutlass_include_dirs()]
     define = f'-DSTAR_ELASTIC_CUDA_ARCHS="{";".join(archs)}"'
+    # NDEBUG as in CMake's Release build: an assert left in a CUTLASS mainloop makes ptxas
+    # serialize every wgmma (warning C7510).
     nvcc_flags = [
         "-O3",
+        "-DNDEBUG",
         "-std=c++17",
         "--expt-relaxed-constexpr",
         "--expt-extended-lambda",
@@ -150,7 +153,7 @@ def cuda_extension():
         name="star_elastic_kernels._C",
         sources=read_sources(),
         include_dirs=[str(p) for p in includes],
-        extra_compile_args={"cxx": ["-O3", "-std=c++20", define], "nvcc": nvcc_flags},
+        extra_compile_args={"cxx": ["-O3", "-DNDEBUG", "-std=c++20", define], "nvcc": nvcc_flags},
     )
     return extension, archs, cuda_home
 

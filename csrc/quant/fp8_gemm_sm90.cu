@@ -1,8 +1,15 @@
 // FP8 W8A8 GEMM with per-row / per-column scales and bias fused into the epilogue (see fp8_gemm.h).
 //
-// One CUTLASS configuration per output type: 128x128x128 tiles, a 1x1x1 cluster, the cooperative
-// TMA warp-specialized mainloop without fast accumulation (partial sums are promoted to FP32
-// periodically), and an epilogue visitor tree computing scale_a * (acc * scale_b) + bias.
+// Two CUTLASS configurations per output type, both the cooperative TMA warp-specialized FP8
+// fast-accumulate mainloop (partial sums stay in the tensor core's accumulators, as cuBLAS's and
+// torch._scaled_mm's fast-accum) with the persistent tile scheduler, and an epilogue visitor tree
+// computing scale_a * (acc * scale_b) + bias:
+//   * large M (> 128 rows): 128x256x128 tiles in 2x1 clusters, so the two CTAs of a cluster share
+//     each weight tile through a TMA multicast (B is loaded once per cluster);
+//   * small M (decode, <= 128 rows): 128x128x128 tiles, 1x1 clusters (a second M tile would be
+//     padding).
+// Built with NDEBUG (setup.py, CMake Release): an assert in the mainloop makes ptxas serialize
+// every wgmma (warning C7510), which tests/kernels/test_quant_static_contract.py guards against.
 #include "quant/fp8_gemm.h"
 
 #include <cute/tensor.hpp>
@@ -18,8 +25,9 @@ namespace {
 
 using namespace cute;
 
-template <typename ElementD>
+template <typename ElementD, typename TileShape_, typename ClusterShape_>
 struct Fp8Gemm {
+  using Output = ElementD;
   using ElementA = cutlass::float_e4m3_t;
   using ElementB = cutlass::float_e4m3_t;
   using LayoutA = cutlass::layout::RowMajor;
@@ -29,9 +37,9 @@ struct Fp8Gemm {
   static constexpr int kAlignmentAB = 16;
   static constexpr int kAlignmentD = 128 / cutlass::sizeof_bits<ElementD>::value;
 
-  using TileShape = Shape<_128, _128, _128>;
-  using ClusterShape = Shape<_1, _1, _1>;
-  using KernelSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+  using TileShape = TileShape_;
+  using ClusterShape = ClusterShape_;
+  using KernelSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum;
   using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
 
   static constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
@@ -62,7 +70,8 @@ struct Fp8Gemm {
       KernelSchedule>::CollectiveOp;
 
   using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>,
-                                                      CollectiveMainloop, CollectiveEpilogue>;
+                                                      CollectiveMainloop, CollectiveEpilogue,
+                                                      cutlass::gemm::PersistentScheduler>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 };
 
@@ -78,8 +87,14 @@ int sm_count() {
 }
 
 template <typename ElementD>
+using LargeMGemm = Fp8Gemm<ElementD, Shape<_128, _256, _128>, Shape<_2, _1, _1>>;
+template <typename ElementD>
+using SmallMGemm = Fp8Gemm<ElementD, Shape<_128, _128, _128>, Shape<_1, _1, _1>>;
+constexpr int64_t kSmallMRows = 128;
+
+template <typename Config>
 cudaError_t run(const Fp8GemmParams& p, cudaStream_t stream) {
-  using Config = Fp8Gemm<ElementD>;
+  using ElementD = typename Config::Output;
   using Gemm = typename Config::Gemm;
   using StrideA = typename Gemm::GemmKernel::StrideA;
   using StrideB = typename Gemm::GemmKernel::StrideB;
@@ -124,9 +139,11 @@ cudaError_t fp8_gemm_sm90(const Fp8GemmParams& p, cudaStream_t stream) {
   if (p.K % 16 || p.lda % 16 || p.ldb % 16 || p.ldd % 8 || p.N % 8) return cudaErrorNotSupported;
   switch (p.out_type) {
     case FloatType::kFloat16:
-      return run<cutlass::half_t>(p, stream);
+      return p.M <= kSmallMRows ? run<SmallMGemm<cutlass::half_t>>(p, stream)
+                                : run<LargeMGemm<cutlass::half_t>>(p, stream);
     case FloatType::kBFloat16:
-      return run<cutlass::bfloat16_t>(p, stream);
+      return p.M <= kSmallMRows ? run<SmallMGemm<cutlass::bfloat16_t>>(p, stream)
+                                : run<LargeMGemm<cutlass::bfloat16_t>>(p, stream);
     default:
       return cudaErrorNotSupported;
   }

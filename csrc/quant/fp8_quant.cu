@@ -5,13 +5,16 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include <cmath>
+#include <cstring>
+
 namespace star_elastic::quant {
 namespace {
 
 constexpr float kE4M3Max = 448.0f;
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ float load_as_float(const void* base, FloatType type, int64_t offset) {
+__host__ __device__ __forceinline__ float load_as_float(const void* base, FloatType type, int64_t offset) {
   switch (type) {
     case FloatType::kFloat16:
       return __half2float(static_cast<const __half*>(base)[offset]);
@@ -52,18 +55,148 @@ __device__ float block_max(float value) {
   return value;
 }
 
-__device__ __forceinline__ float scale_from_amax(float amax) {
+__host__ __device__ __forceinline__ float ieee_div(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fdiv_rn(a, b);
+#else
+  return a / b;  // host float division is IEEE round-to-nearest
+#endif
+}
+
+__host__ __device__ __forceinline__ float scale_from_amax(float amax) {
   // An all-zero row quantizes to zeros under any scale; 1 keeps the scale finite and invertible.
-  return amax > 0.0f ? __fdiv_rn(amax, kE4M3Max) : 1.0f;
+  return amax > 0.0f ? ieee_div(amax, kE4M3Max) : 1.0f;
+}
+
+// IEEE division (not x * (1/s)) so every backend rounds identically.
+__host__ __device__ __forceinline__ uint8_t quantize_value(float v, float scale) {
+  return __nv_cvt_float_to_fp8(ieee_div(v, scale), __NV_SATFINITE, __NV_E4M3);
+}
+
+// Thread `tid`'s part of a row's amax: columns tid, tid + kThreads, ...
+__host__ __device__ __forceinline__ float thread_row_amax(const StridedMatrix& x, int64_t row,
+                                                          int tid) {
+  float amax = 0.0f;
+  for (int64_t c = tid; c < x.cols; c += kThreads)
+    amax = fmaxf(amax, fabsf(load_as_float(x.data, x.type, row * x.row_stride + c * x.col_stride)));
+  return amax;
+}
+
+__host__ __device__ __forceinline__ void thread_row_quantize(const StridedMatrix& x, int64_t row,
+                                                             int tid, float scale, uint8_t* out) {
+  for (int64_t c = tid; c < x.cols; c += kThreads)
+    out[row * x.cols + c] =
+        quantize_value(load_as_float(x.data, x.type, row * x.row_stride + c * x.col_stride), scale);
+}
+
+// ---- 16-byte chunks: rows with a unit stride, 16-byte aligned, a whole number of chunks long
+// (the usual activation). A chunk is 8 16-bit or 4 fp32 elements; its codes are one 8- or 4-byte
+// store. Other layouts take the element-wise loops above.
+
+__host__ __device__ __forceinline__ int element_bytes(FloatType type) {
+  return type == FloatType::kFloat32 ? 4 : 2;
+}
+
+__host__ __device__ __forceinline__ bool rows_in_chunks(const StridedMatrix& x, const uint8_t* out) {
+  const int64_t size = element_bytes(x.type);
+  return x.col_stride == 1 && reinterpret_cast<uintptr_t>(x.data) % 16 == 0 &&
+         (x.row_stride * size) % 16 == 0 && (x.cols * size) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(out) % 8 == 0;
+}
+
+// The chunk's elements as floats; returns how many (8 or 4).
+__host__ __device__ __forceinline__ int chunk_values(const uint4& chunk, FloatType type,
+                                                     float values[8]) {
+  const uint32_t words[4] = {chunk.x, chunk.y, chunk.z, chunk.w};
+  if (type == FloatType::kFloat32) {
+    memcpy(values, words, sizeof(words));
+    return 4;
+  }
+  for (int i = 0; i < 8; ++i) {
+    const uint16_t bits = static_cast<uint16_t>(words[i / 2] >> (16 * (i % 2)));
+    if (type == FloatType::kBFloat16) {
+      __nv_bfloat16_raw raw;
+      raw.x = bits;
+      values[i] = __bfloat162float(__nv_bfloat16(raw));
+    } else {
+      __half_raw raw;
+      raw.x = bits;
+      values[i] = __half2float(__half(raw));
+    }
+  }
+  return 8;
+}
+
+__host__ __device__ __forceinline__ uint4 load_chunk(const StridedMatrix& x, int64_t row,
+                                                     int64_t chunk) {
+  const uint8_t* base = static_cast<const uint8_t*>(x.data) +
+                        (row * x.row_stride) * element_bytes(x.type) + 16 * chunk;
+#ifdef __CUDA_ARCH__
+  return *reinterpret_cast<const uint4*>(base);
+#else
+  uint4 value;
+  memcpy(&value, base, sizeof(value));
+  return value;
+#endif
+}
+
+__host__ __device__ __forceinline__ float thread_row_amax_chunks(const StridedMatrix& x,
+                                                                 int64_t row, int tid) {
+  const int64_t chunks = x.cols * element_bytes(x.type) / 16;
+  float amax = 0.0f;
+  float values[8];
+  for (int64_t c = tid; c < chunks; c += kThreads) {
+    const int count = chunk_values(load_chunk(x, row, c), x.type, values);
+    for (int i = 0; i < count; ++i) amax = fmaxf(amax, fabsf(values[i]));
+  }
+  return amax;
+}
+
+__host__ __device__ __forceinline__ void thread_row_quantize_chunks(const StridedMatrix& x,
+                                                                    int64_t row, int tid,
+                                                                    float scale, uint8_t* out) {
+  const int64_t chunks = x.cols * element_bytes(x.type) / 16;
+  float values[8];
+  for (int64_t c = tid; c < chunks; c += kThreads) {
+    const int count = chunk_values(load_chunk(x, row, c), x.type, values);
+    uint8_t codes[8];
+    for (int i = 0; i < count; ++i) codes[i] = quantize_value(values[i], scale);
+    uint8_t* target = out + row * x.cols + c * count;
+#ifdef __CUDA_ARCH__
+    if (count == 8)
+      *reinterpret_cast<uint2*>(target) = *reinterpret_cast<const uint2*>(codes);
+    else
+      *reinterpret_cast<uint32_t*>(target) = *reinterpret_cast<const uint32_t*>(codes);
+#else
+    memcpy(target, codes, count);
+#endif
+  }
+}
+
+// One block per row: amax, scale and codes; the row is read once from memory (the quantizing
+// pass re-reads it from L1/L2, where the amax pass has just brought it).
+__global__ void __launch_bounds__(kThreads) quantize_per_row_kernel(StridedMatrix x, float* scales,
+                                                                    uint8_t* out) {
+  __shared__ float row_scale;
+  const int64_t row = blockIdx.x;
+  const bool chunked = rows_in_chunks(x, out);
+  const float amax = block_max(chunked ? thread_row_amax_chunks(x, row, threadIdx.x)
+                                       : thread_row_amax(x, row, threadIdx.x));
+  if (threadIdx.x == 0) {
+    row_scale = scale_from_amax(amax);
+    scales[row] = row_scale;
+  }
+  __syncthreads();
+  if (chunked)
+    thread_row_quantize_chunks(x, row, threadIdx.x, row_scale, out);
+  else
+    thread_row_quantize(x, row, threadIdx.x, row_scale, out);
 }
 
 // One block per row: scales[row] = amax(row) / 448.
-__global__ void row_scales_kernel(StridedMatrix x, float* scales) {
+__global__ void __launch_bounds__(kThreads) row_scales_kernel(StridedMatrix x, float* scales) {
   const int64_t row = blockIdx.x;
-  float amax = 0.0f;
-  for (int64_t c = threadIdx.x; c < x.cols; c += blockDim.x)
-    amax = fmaxf(amax, fabsf(load_as_float(x.data, x.type, row * x.row_stride + c * x.col_stride)));
-  amax = block_max(amax);
+  const float amax = block_max(thread_row_amax(x, row, threadIdx.x));
   if (threadIdx.x == 0) scales[row] = scale_from_amax(amax);
 }
 
@@ -91,9 +224,7 @@ __global__ void quantize_kernel(StridedMatrix x, const float* scales, int64_t sc
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t r = i / x.cols, c = i % x.cols;
     const float v = load_as_float(x.data, x.type, r * x.row_stride + c * x.col_stride);
-    // IEEE division (not x * (1/s)) so every backend rounds identically.
-    const float scaled = __fdiv_rn(v, scales[r * scale_stride]);
-    out[i] = __nv_cvt_float_to_fp8(scaled, __NV_SATFINITE, __NV_E4M3);
+    out[i] = quantize_value(v, scales[r * scale_stride]);
   }
 }
 
@@ -143,6 +274,32 @@ cudaError_t fp8_quantize(const StridedMatrix& x, const float* scales, int64_t sc
   if (total == 0) return cudaSuccess;
   quantize_kernel<<<elementwise_blocks(total), kThreads, 0, stream>>>(x, scales, scale_stride, out);
   return cudaGetLastError();
+}
+
+cudaError_t fp8_quantize_per_row(const StridedMatrix& x, float* scales, uint8_t* out,
+                                 cudaStream_t stream) {
+  if (x.rows == 0) return cudaSuccess;
+  quantize_per_row_kernel<<<static_cast<unsigned int>(x.rows), kThreads, 0, stream>>>(x, scales,
+                                                                                      out);
+  return cudaGetLastError();
+}
+
+void fp8_quantize_per_row_host(const StridedMatrix& x, float* scales, uint8_t* out) {
+  const bool chunked = rows_in_chunks(x, out);
+  for (int64_t row = 0; row < x.rows; ++row) {
+    // block_max's order: max is exact, so any order gives the kernel's result.
+    float amax = 0.0f;
+    for (int tid = 0; tid < kThreads; ++tid)
+      amax = fmaxf(amax, chunked ? thread_row_amax_chunks(x, row, tid)
+                                 : thread_row_amax(x, row, tid));
+    scales[row] = scale_from_amax(amax);
+    for (int tid = 0; tid < kThreads; ++tid) {
+      if (chunked)
+        thread_row_quantize_chunks(x, row, tid, scales[row], out);
+      else
+        thread_row_quantize(x, row, tid, scales[row], out);
+    }
+  }
 }
 
 cudaError_t fp8_dequantize(const uint8_t* q, int64_t rows, int64_t cols, int64_t row_stride,

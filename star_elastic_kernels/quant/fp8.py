@@ -103,6 +103,14 @@ def _quantize_cuda(x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _quantize_per_row_cuda(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic per-token quantization in one kernel: (codes (rows, cols) e4m3, scales (rows,))."""
+    out = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
+    scales = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+    torch.ops.star_elastic._fp8_quantize_per_row(x, scales, out.view(torch.uint8))
+    return out, scales
+
+
 def _dequantize_cuda(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     out = torch.empty(q.shape, dtype=dtype, device=q.device)
     torch.ops.star_elastic._fp8_dequantize(q, scales.reshape(-1), out)

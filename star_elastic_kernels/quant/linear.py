@@ -1,9 +1,14 @@
 """Quantized linears for nested (elastic) weights: :func:`nvfp4_linear` and :func:`fp8_linear`.
 
 Order of this file: launchers, the registered ops (``star_elastic::nvfp4_linear``,
-``star_elastic::fp8_linear``) with fake implementations, then the public wrappers. Kernels:
+``star_elastic::nvfp4_prepacked_linear``, ``star_elastic::fp8_linear``) with fake implementations,
+then the public wrappers. Kernels:
 ``star_elastic_kernels/triton/nvfp4_linear.py`` and ``triton/fp8_linear.py``; specification:
 ``reference/nvfp4.py`` (``nvfp4_linear_ref``) and ``reference/fp8.py`` (``fp8_linear_ref``).
+
+The CUDA NVFP4 kernel (``csrc/quant/nvfp4_marlin.cu``) reads the prepacked layout
+(:class:`NVFP4Prepacked`, ``NVFP4Weight.prepack()``); the CUDA FP8 path is one per-token
+quantization kernel and the CUTLASS GEMM (``csrc/quant/fp8_quant.cu``, ``fp8_gemm_sm90.cu``).
 
 Elastic widths are arguments (DESIGN §3): ``x`` is compact, (M, in_features), and ``w`` is the
 parent's container; the op reads the leading (out_features, in_features) sub-weight in place
@@ -20,7 +25,7 @@ from star_elastic_kernels import _backends
 from star_elastic_kernels.quant import fp8 as fp8_ops
 from star_elastic_kernels.quant import nvfp4 as nvfp4_ops
 from star_elastic_kernels.quant.fp8 import FP8Weight
-from star_elastic_kernels.quant.nvfp4 import NVFP4Weight
+from star_elastic_kernels.quant.nvfp4 import NVFP4Prepacked, NVFP4Weight
 from star_elastic_kernels.reference import fp8 as fp8_reference
 from star_elastic_kernels.reference import nvfp4 as nvfp4_reference
 
@@ -35,10 +40,13 @@ def _nvfp4_linear_supports(backend: str, device: torch.device, dtype: torch.dtyp
     return None
 
 
+# The CUDA kernel reads the prepacked layout (NVFP4Prepacked): standard-layout weights have no cuda
+# backend, and asking for it says how to get one.
 NVFP4_LINEAR_SPEC = _backends.register(
-    _backends.OpSpec("nvfp4_linear", backends=("cuda", "triton", "torch"),
-                     cuda_ops=("_nvfp4_linear",), supports=_nvfp4_linear_supports)
+    _backends.OpSpec("nvfp4_linear", backends=("triton", "torch"))
 )
+_PREPACK_HINT = ("the CUDA NVFP4 kernel reads the prepacked layout: pass w.prepack() (an "
+                 "NVFP4Prepacked, made once) instead of the NVFP4Weight")
 
 
 def _fp8_linear_supports(backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
@@ -49,10 +57,35 @@ def _fp8_linear_supports(backend: str, device: torch.device, dtype: torch.dtype)
 
 FP8_LINEAR_SPEC = _backends.register(
     _backends.OpSpec("fp8_linear", backends=("cuda", "triton", "torch"),
-                     cuda_ops=("_fp8_gemm_sm90", "_fp8_compute_scales", "_fp8_quantize"),
+                     cuda_ops=("_fp8_gemm_sm90", "_fp8_quantize_per_row", "_fp8_quantize"),
                      supports=_fp8_linear_supports)
 )
+NVFP4_PREPACKED_LINEAR_SPEC = _backends.register(
+    _backends.OpSpec("nvfp4_linear (prepacked)", backends=("cuda", "triton", "torch"),
+                     cuda_ops=("_nvfp4_marlin_linear",), supports=_nvfp4_linear_supports)
+)
 _CUTLASS_WORKSPACE_BYTES = 1 << 20
+_DEFAULT_SM_COUNT = 132  # H100 / H200, for launch heuristics where no GPU can be asked (fake mode)
+
+
+def _sm_count(device: torch.device) -> int:
+    """The device's SM count (a launch heuristic only: results never depend on it)."""
+    if not torch.cuda.is_available():
+        return _DEFAULT_SM_COUNT
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _marlin_token_groups(m: int) -> int:
+    """Groups of 8 tokens per block, as csrc/quant/nvfp4_marlin.cu picks them."""
+    return 1 if m <= 8 else 2 if m <= 16 else 4 if m <= 32 else 8
+
+
+def marlin_split(m: int, n: int, k: int, sms: int) -> int:
+    """Blocks (a thread-block cluster, <= 8) sharing each output tile's K loop: enough to keep
+    about four blocks per SM streaming weights (a block's 4-6 stages hold 9-14 KB in flight),
+    never more than the K tiles."""
+    tiles = -(-n // 64) * -(-m // (8 * _marlin_token_groups(m)))
+    return max(1, min(8, -(-k // 64), -(-4 * sms // max(tiles, 1))))
 
 
 def _fp8_cuda_problem(activation_quant, w_active: FP8Weight, n: int, k: int) -> str | None:
@@ -76,10 +109,10 @@ def _fp8_linear_cuda(x, w, w_scale, bias, input_scale, mode) -> torch.Tensor:
     if K == 0:
         return out.zero_() if bias is None else out.copy_(bias.expand(M, N))
     if mode == "dynamic_per_token":
-        a_scale = fp8_ops._scales_cuda(x, True)
+        a, a_scale = fp8_ops._quantize_per_row_cuda(x)  # one kernel: row amax + codes
     else:
         a_scale = input_scale.reshape(1).expand(M).contiguous()
-    a = fp8_ops._quantize_cuda(x, a_scale)
+        a = fp8_ops._quantize_cuda(x, a_scale)
     b_scale = w_scale.reshape(1).expand(N).contiguous() if w_scale.dim() == 0 else w_scale
     workspace = torch.empty(_CUTLASS_WORKSPACE_BYTES, dtype=torch.uint8, device=x.device)
     torch.ops.star_elastic._fp8_gemm_sm90(a.view(torch.uint8), w.view(torch.uint8), a_scale,
@@ -89,25 +122,23 @@ def _fp8_linear_cuda(x, w, w_scale, bias, input_scale, mode) -> torch.Tensor:
     return out
 
 
-def _nvfp4_linear_cuda(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor,
-                       global_scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _nvfp4_marlin_cuda(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
+                       global_scale: torch.Tensor, bias: torch.Tensor | None, n: int,
+                       split: int | None = None) -> torch.Tensor:
     M, K = x.shape
-    N = data.shape[0]
-    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    if M == 0 or N == 0:
+    out = torch.empty((M, n), dtype=x.dtype, device=x.device)
+    if M == 0 or n == 0:
         return out
     if K == 0:
-        return out.zero_() if bias is None else out.copy_(bias.expand(M, N))
-    # Decode-sized problems have few output tiles: share the K loop between blocks (split-K) so
-    # every SM streams weight bytes.
-    tiles = -(-M // (16 if M <= 16 else 64)) * -(-N // 64)
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-    split = max(1, min(-(-K // 64), 32, -(-2 * sms // tiles))) if M <= 64 else 1
-    workspace = (torch.zeros((M, N), dtype=torch.float32, device=x.device) if split > 1
-                 else out.new_empty(0, dtype=torch.float32))
-    torch.ops.star_elastic._nvfp4_linear(x, data, scale.view(torch.uint8), global_scale,
-                                         None if bias is None else bias.contiguous(), out,
-                                         workspace, split)
+        return out.zero_() if bias is None else out.copy_(bias.expand(M, n))
+    # The kernel copies activation rows in 16-byte chunks (allocations are 256-byte aligned).
+    if x.stride(1) != 1 or x.stride(0) % 8 or x.storage_offset() % 8:
+        x = x.contiguous()
+    if split is None:
+        split = marlin_split(M, n, K, _sm_count(x.device))
+    torch.ops.star_elastic._nvfp4_marlin_linear(x, codes, scales, global_scale,
+                                                None if bias is None else bias.contiguous(), out,
+                                                split)
     return out
 
 
@@ -132,8 +163,6 @@ def _nvfp4_linear_op(
     x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor, global_scale: torch.Tensor,
     bias: torch.Tensor | None, backend: str
 ) -> torch.Tensor:
-    if backend == "cuda":
-        return _nvfp4_linear_cuda(x, data, scale, global_scale, bias)
     if backend == "triton":
         return _triton_nvfp4().nvfp4_linear(x, data, scale, global_scale, bias)
     return nvfp4_reference.nvfp4_linear_ref(x, data, scale, global_scale, bias)
@@ -144,12 +173,32 @@ def _(x, data, scale, global_scale, bias, backend):
     return x.new_empty((x.shape[0], data.shape[0]))
 
 
+@torch.library.custom_op("star_elastic::nvfp4_prepacked_linear", mutates_args=())
+def _nvfp4_prepacked_linear_op(
+    x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, global_scale: torch.Tensor,
+    bias: torch.Tensor | None, out_features: int, backend: str
+) -> torch.Tensor:
+    if backend == "cuda":
+        return _nvfp4_marlin_cuda(x, codes, scales, global_scale, bias, out_features)
+    # The other backends read the standard layout (a copy of the active weight).
+    data, scale = nvfp4_reference.nvfp4_unprepack_ref(codes, scales, out_features, x.shape[1])
+    return _nvfp4_linear_op(x, data, scale, global_scale, bias, backend)
+
+
+@_nvfp4_prepacked_linear_op.register_fake
+def _(x, codes, scales, global_scale, bias, out_features, backend):
+    return x.new_empty((x.shape[0], out_features))
+
+
 @torch.library.custom_op("star_elastic::fp8_linear", mutates_args=())
 def _fp8_linear_op(
     x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
-    input_scale: torch.Tensor | None, activation_quant: str, backend: str
+    input_scale: torch.Tensor | None, activation_quant: str, backend: str,
+    check_finite: bool = False
 ) -> torch.Tensor:
     mode = None if activation_quant == "none" else activation_quant
+    if mode == "static" and check_finite:
+        fp8_ops._check_values(torch.empty(0), input_scale, "x")
     if backend == "cuda":
         return _fp8_linear_cuda(x, w, w_scale, bias, input_scale, mode)
     if backend == "triton":
@@ -167,7 +216,7 @@ def _fp8_linear_op(
 
 
 @_fp8_linear_op.register_fake
-def _(x, w, w_scale, bias, input_scale, activation_quant, backend):
+def _(x, w, w_scale, bias, input_scale, activation_quant, backend, check_finite=False):
     return x.new_empty((x.shape[0], w.shape[0]))
 
 
@@ -223,7 +272,7 @@ def _check_bias(bias, x: torch.Tensor, n: int, parent_out: int) -> torch.Tensor 
 
 def nvfp4_linear(
     x: torch.Tensor,
-    w: NVFP4Weight,
+    w: NVFP4Weight | NVFP4Prepacked,
     bias: torch.Tensor | None = None,
     *,
     out_features: int | None = None,
@@ -238,12 +287,17 @@ def nvfp4_linear(
 
     Args:
         x: float16 / bfloat16 (or float32) activation, compact: (..., in_features). Any strides.
-        w: the parent's :class:`NVFP4Weight` (N, K) from :func:`quantize_nvfp4` (a slice works too).
+        w: the parent's :class:`NVFP4Weight` (N, K) from :func:`quantize_nvfp4` (a slice works
+            too), or its :class:`NVFP4Prepacked` (``w.prepack()``), which the cuda backend runs
+            on the Marlin-class kernel (16-byte cp.async pipeline, weight decoded in registers,
+            deterministic split-K in one launch; compiled and CPU-emulated, not yet run on a
+            GPU) and the other backends unpack first.
         bias: optional (N,) (the parent's, read up to out_features) or (out_features,), x's dtype.
         out_features: active output width, 0 <= out_features <= N (default N).
         in_features: active input width, a multiple of 16, <= K (default x.shape[-1]; must equal
             x.shape[-1]).
-        backend: ``"auto" | "cuda" | "triton" | "torch"`` (cuda: float16 / bfloat16 x only).
+        backend: ``"auto" | "cuda" | "triton" | "torch"`` (cuda: a prepacked w and float16 /
+            bfloat16 x; auto runs a standard-layout w on triton).
 
     Returns:
         (..., out_features) tensor in x's dtype.
@@ -252,17 +306,31 @@ def nvfp4_linear(
         TypeError / ValueError: bad types, dtypes or widths (in_features not a multiple of 16),
             mismatched bias dtype or devices. Raised before any kernel runs.
     """
-    nvfp4_ops.check_nvfp4_weight(w)
-    x, k = _check_activation(x, in_features, w.in_features, w.data.device)
+    prepacked = isinstance(w, NVFP4Prepacked)
+    if prepacked:
+        nvfp4_ops.check_nvfp4_prepacked(w)
+        device = w.codes.device
+    else:
+        nvfp4_ops.check_nvfp4_weight(w)
+        device = w.data.device
+    x, k = _check_activation(x, in_features, w.in_features, device)
     n = _check_out_features(out_features, w.out_features)
     if k % nvfp4_ops.BLOCK:
         raise ValueError(f"in_features must be a multiple of {nvfp4_ops.BLOCK} for NVFP4, got {k}")
     bias = _check_bias(bias, x, n, w.out_features)
     active = w.slice(n, k)
     rows = x.reshape(math.prod(x.shape[:-1]), k)
-    chosen = _backends.select_backend(NVFP4_LINEAR_SPEC, x.device, x.dtype, backend)
-    out = _nvfp4_linear_op(rows, active.data, active.scale, active.global_scale.reshape(()),
-                           bias, chosen)
+    if prepacked:
+        chosen = _backends.select_backend(NVFP4_PREPACKED_LINEAR_SPEC, x.device, x.dtype, backend)
+        out = _nvfp4_prepacked_linear_op(rows, active.codes, active.scales,
+                                         active.global_scale.reshape(()), bias, n, chosen)
+    else:
+        if _backends.requested_backend(backend) == "cuda":
+            raise _backends.BackendUnavailableError(
+                f"nvfp4_linear: backend 'cuda' is unavailable: {_PREPACK_HINT}")
+        chosen = _backends.select_backend(NVFP4_LINEAR_SPEC, x.device, x.dtype, backend)
+        out = _nvfp4_linear_op(rows, active.data, active.scale, active.global_scale.reshape(()),
+                               bias, chosen)
     return out.reshape(*x.shape[:-1], n)
 
 
@@ -275,6 +343,7 @@ def fp8_linear(
     in_features: int | None = None,
     activation_quant: str | None = "dynamic_per_token",
     input_scale: torch.Tensor | None = None,
+    check_finite: bool = False,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Linear with an FP8 E4M3 weight: W8A8 (FP8 tensor cores) or W8A16.
@@ -292,7 +361,12 @@ def fp8_linear(
             amax(|row|)/448 per row), ``"static"`` (one calibrated ``input_scale``) or None (W8A16:
             the weight is decoded in the kernel and x is used as is).
         input_scale: float32 () or (1,), > 0; required with ``"static"``, rejected otherwise.
-        backend: ``"auto" | "cuda" | "triton" | "torch"``. cuda (CUTLASS sm90a) runs W8A8 with
+        check_finite: with ``"static"``, check that input_scale is finite and > 0 before
+            running (a device sync, so off by default: the op never reads device data on the
+            host otherwise, and a CUDA graph can capture it).
+        backend: ``"auto" | "cuda" | "triton" | "torch"``. cuda (CUTLASS sm90a: FP8 fast-accumulate
+            warp-specialized persistent GEMM, 128x256x128 tiles in 2x1 clusters with a TMA
+            multicast of the weight above 128 rows, 128x128x128 below) runs W8A8 with
             float16 / bfloat16 x, in_features and the weight's row stride multiples of 16 and
             out_features a multiple of 8; auto picks triton for other calls, an explicit "cuda"
             raises BackendUnavailableError.
@@ -320,7 +394,6 @@ def fp8_linear(
         if input_scale is None:
             raise ValueError("activation_quant='static' needs input_scale")
         input_scale = fp8_ops._normalize_scale(input_scale, False, 1, x, "input_scale")
-        fp8_ops._check_values(torch.empty(0), input_scale, "x")
     elif input_scale is not None:
         raise ValueError(f"input_scale is only used with activation_quant='static', got "
                          f"activation_quant={activation_quant!r}")
@@ -338,5 +411,5 @@ def fp8_linear(
                                                   FP8_LINEAR_SPEC, "triton", x.device,
                                                   x.dtype) is None else "torch")
     out = _fp8_linear_op(rows, active.data, active.scale, bias, input_scale,
-                         activation_quant or "none", chosen)
+                         activation_quant or "none", chosen, check_finite)
     return out.reshape(*x.shape[:-1], n)

@@ -1,9 +1,11 @@
-"""NVFP4 weights: the :class:`NVFP4Weight` container, quantize and dequantize.
+"""NVFP4 weights: the :class:`NVFP4Weight` container, its :class:`NVFP4Prepacked` inference
+layout, quantize, prepack and dequantize.
 
-Order of this file: the container, backend launchers, the registered ops (``star_elastic::nvfp4_*``)
-with their fake implementations, then the public wrappers :func:`quantize_nvfp4` and
-:func:`dequantize_nvfp4`. Kernels: ``star_elastic_kernels/triton/nvfp4_quant.py`` (triton); the
-specification: ``star_elastic_kernels/reference/nvfp4.py`` (torch).
+Order of this file: the containers, backend launchers, the registered ops (``star_elastic::nvfp4_*``)
+with their fake implementations, then the public wrappers :func:`quantize_nvfp4`,
+:func:`prepack_nvfp4` and :func:`dequantize_nvfp4`. Kernels: ``star_elastic_kernels/triton/
+nvfp4_quant.py`` (triton), ``csrc/quant/nvfp4_marlin.cu`` (the CUDA prepack); the specification:
+``star_elastic_kernels/reference/nvfp4.py`` (torch, including the prepacked layout).
 
 Format (DESIGN §3.3): data uint8 (N, K/2), element 2i in the low nibble; E4M3 block scales
 (N, K/16) plainly row-major, one per 16 elements along K; an FP32 per-tensor decode scale
@@ -25,6 +27,9 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 QUANTIZE_SPEC = _backends.register(
     _backends.OpSpec("quantize_nvfp4", backends=("triton", "torch"))
+)
+PREPACK_SPEC = _backends.register(
+    _backends.OpSpec("prepack_nvfp4", backends=("cuda", "torch"), cuda_ops=("_nvfp4_prepack",))
 )
 DEQUANTIZE_SPEC = _backends.register(
     _backends.OpSpec("dequantize_nvfp4", backends=("triton", "torch"))
@@ -74,8 +79,59 @@ class NVFP4Weight(NamedTuple):
         """Decode to a contiguous (out_features, in_features) tensor of ``dtype``."""
         return dequantize_nvfp4(self, dtype=dtype, backend=backend)
 
+    def prepack(self, *, backend: str | None = None) -> "NVFP4Prepacked":
+        """This weight in the layout of the Marlin-class CUDA kernel (see :func:`prepack_nvfp4`)."""
+        return prepack_nvfp4(self, backend=backend)
 
-def _check_width(w: NVFP4Weight, out_features, in_features) -> tuple[int, int]:
+
+class NVFP4Prepacked(NamedTuple):
+    """An NVFP4 weight prepacked for the Marlin-class W4A16 kernel, or a zero-copy child of one.
+
+    The standard :class:`NVFP4Weight` stays the checkpoint format; this is an inference-time
+    copy in the order in which the kernel's threads feed their MMA fragments
+    (``csrc/quant/nvfp4_marlin.h``), cut into 64 x 64 tiles so that every nested child is a view.
+
+    Fields:
+        codes: uint8 (ceil(N/64), ceil(K/64), 2048): each tile's E2M1 codes.
+        scales: uint8 (ceil(N/64), ceil(K/64), 256): each tile's block scales, re-encoded.
+        global_scale: float32 (); the parent's per-tensor decode scale.
+        out_features / in_features: the active (N, K); K % 16 == 0.
+
+    ``dequantize`` gives the same values as the standard weight's.
+    """
+
+    codes: torch.Tensor
+    scales: torch.Tensor
+    global_scale: torch.Tensor
+    out_features: int
+    in_features: int
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.out_features, self.in_features))
+
+    def slice(self, out_features: int | None = None, in_features: int | None = None
+              ) -> "NVFP4Prepacked":
+        """The leading (out_features, in_features) child: views of the tiles it touches (no copy).
+
+        in_features must be a multiple of 16; widths on the 64 grid touch only their own tiles,
+        others also read the rest of their last tile (multiplied by zeros by the kernel)."""
+        n, k = _check_width(self, out_features, in_features)
+        tn, tk = -(-n // reference.TILE_N), -(-k // reference.TILE_K)
+        return NVFP4Prepacked(self.codes[:tn, :tk], self.scales[:tn, :tk], self.global_scale, n, k)
+
+    def unpack(self) -> NVFP4Weight:
+        """The standard-layout :class:`NVFP4Weight` of the active weight (a copy)."""
+        data, scale = reference.nvfp4_unprepack_ref(self.codes, self.scales, self.out_features,
+                                                    self.in_features)
+        return NVFP4Weight(data, scale, self.global_scale)
+
+    def dequantize(self, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        """Decode to a contiguous (out_features, in_features) tensor of ``dtype``."""
+        return self.unpack().dequantize(dtype)
+
+
+def _check_width(w, out_features, in_features) -> tuple[int, int]:
     n = w.out_features if out_features is None else out_features
     k = w.in_features if in_features is None else in_features
     for name, value, limit in (("out_features", n, w.out_features),
@@ -117,8 +173,34 @@ def _check_values(w: torch.Tensor, global_scale: torch.Tensor) -> None:
                          "whose amax is below ~1e-35 cannot be quantized to NVFP4)")
 
 
+def _prepack_cuda(data: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    n, blocks = scale.shape
+    tn, tk = -(-n // reference.TILE_N), -(-(BLOCK * blocks) // reference.TILE_K)
+    codes = torch.empty((tn, tk, reference.TILE_CODE_BYTES), dtype=torch.uint8, device=data.device)
+    scales = torch.empty((tn, tk, reference.TILE_SCALE_BYTES), dtype=torch.uint8,
+                         device=data.device)
+    torch.ops.star_elastic._nvfp4_prepack(data, scale.view(torch.uint8), codes, scales)
+    return codes, scales
+
+
 # --------------------------------------------------------------------------------------------------
 # Registered ops.
+
+
+@torch.library.custom_op("star_elastic::nvfp4_prepack", mutates_args=())
+def _nvfp4_prepack_op(data: torch.Tensor, scale: torch.Tensor, backend: str
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    if backend == "cuda":
+        return _prepack_cuda(data, scale)
+    return reference.nvfp4_prepack_ref(data, scale)
+
+
+@_nvfp4_prepack_op.register_fake
+def _(data, scale, backend):
+    n, blocks = scale.shape
+    tn, tk = -(-n // reference.TILE_N), -(-(BLOCK * blocks) // reference.TILE_K)
+    return (data.new_empty((tn, tk, reference.TILE_CODE_BYTES)),
+            data.new_empty((tn, tk, reference.TILE_SCALE_BYTES)))
 
 
 @torch.library.custom_op("star_elastic::nvfp4_quantize", mutates_args=())
@@ -201,6 +283,27 @@ def check_nvfp4_weight(w, name: str = "w") -> None:
     normalize_global_scale(g, data, f"{name}.global_scale")
 
 
+def check_nvfp4_prepacked(w, name: str = "w") -> None:
+    """Check that ``w`` is a well-formed :class:`NVFP4Prepacked` (types, tile shapes, devices)."""
+    if not isinstance(w, NVFP4Prepacked):
+        raise TypeError(f"{name} must be an NVFP4Prepacked (from NVFP4Weight.prepack()), got "
+                        f"{type(w).__name__}")
+    for field, tile_bytes in (("codes", reference.TILE_CODE_BYTES),
+                              ("scales", reference.TILE_SCALE_BYTES)):
+        t = getattr(w, field)
+        if t.dtype != torch.uint8 or t.dim() != 3 or t.shape[2] != tile_bytes or t.stride(2) != 1:
+            raise ValueError(f"{name}.{field} must be uint8 (tiles_n, tiles_k, {tile_bytes}) with "
+                             f"unit innermost stride, got {t.dtype} {tuple(t.shape)}")
+    if w.codes.shape[:2] != w.scales.shape[:2] or w.scales.device != w.codes.device:
+        raise ValueError(f"{name}.codes and {name}.scales must have the same tiles and device")
+    n, k = w.out_features, w.in_features
+    if k % BLOCK or not (0 <= n <= reference.TILE_N * w.codes.shape[0]) \
+            or not (0 <= k <= reference.TILE_K * w.codes.shape[1]):
+        raise ValueError(f"{name} ({n}, {k}) must fit its {tuple(w.codes.shape[:2])} tiles with "
+                         f"in_features % {BLOCK} == 0")
+    normalize_global_scale(w.global_scale, w.codes, f"{name}.global_scale")
+
+
 def quantize_nvfp4(
     w: torch.Tensor,
     global_scale: torch.Tensor | None = None,
@@ -246,6 +349,26 @@ def quantize_nvfp4(
     chosen = _backends.select_backend(QUANTIZE_SPEC, w.device, w.dtype, backend)
     data, scale = _nvfp4_quantize_op(w, global_scale, check_finite, chosen)
     return NVFP4Weight(data, scale, global_scale)
+
+
+def prepack_nvfp4(w: NVFP4Weight, *, backend: str | None = None) -> NVFP4Prepacked:
+    """Repack an :class:`NVFP4Weight` (N, K) for the Marlin-class CUDA kernel (one-time, offline).
+
+    Args:
+        w: a standard-layout weight (or a slice of one); K % 16 == 0.
+        backend: ``"auto" | "cuda" | "torch"`` (cuda: the CUDA prepack kernel on CUDA tensors;
+            torch: the reference layout code, any device; both give the same bytes).
+
+    Returns:
+        :class:`NVFP4Prepacked` with codes uint8 (ceil(N/64), ceil(K/64), 2048) and scales uint8
+        (ceil(N/64), ceil(K/64), 256), zero-padded; ``.slice(n, k)`` of it is the prepacked child
+        ``w.slice(n, k).prepack()`` as a view.
+    """
+    check_nvfp4_weight(w)
+    chosen = _backends.select_backend(PREPACK_SPEC, w.data.device, None, backend)
+    codes, scales = _nvfp4_prepack_op(w.data, w.scale, chosen)
+    return NVFP4Prepacked(codes, scales, w.global_scale.reshape(()), w.out_features,
+                          w.in_features)
 
 
 def dequantize_nvfp4(

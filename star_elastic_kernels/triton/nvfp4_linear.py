@@ -48,13 +48,15 @@ def _nvfp4_linear_kernel(
         k_mask = byte < packed_k
         w_mask = k_mask[:, None] & n_mask[None, :]
         packed = tl.load(data_ptr + rn[None, :] * stride_dn + byte[:, None], mask=w_mask, other=0)
-        # One scale load per 16-element block, broadcast over its 8 packed bytes.
+        # One scale load and one E4M3 decode per 16-element block; the decoded float is then
+        # broadcast over the block's 8 packed bytes.
         block = tile * (BLOCK_K // 16) + blocks
         code = tl.load(scale_ptr + rn[None, :] * stride_sn + block[:, None],
                        mask=(block < K // 16)[:, None] & n_mask[None, :], other=0)
-        code = tl.reshape(tl.broadcast_to(code[:, None, :], (BLOCK_K // 16, 8, BLOCK_N)),
-                          (BLOCK_K // 2, BLOCK_N))
         block_scale = _e4m3_decode(code)
+        block_scale = tl.reshape(
+            tl.broadcast_to(block_scale[:, None, :], (BLOCK_K // 16, 8, BLOCK_N)),
+            (BLOCK_K // 2, BLOCK_N))
         # Load the activation tile once (contiguous along K) and split it into the even and odd
         # columns that meet the low and high nibbles.
         k = tile * BLOCK_K + cols

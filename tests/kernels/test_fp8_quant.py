@@ -235,3 +235,22 @@ def test_property_random_shapes_and_magnitudes(rows, cols, log_magnitude, dtype,
     scale = expected_scales(x, granularity == "channel")
     assert torch.equal(q.scale, scale)
     assert torch.equal(q.data.view(torch.uint8), expected_codes(x, scale))
+
+
+@pytest.mark.skipif(not sek._extension.has_op("_fp8_quantize_per_row"),
+                    reason="the built _C lacks _fp8_quantize_per_row (rebuild the extension)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 33), (5, 1024 + 5), (4, 16), (3, 4096 + 64)])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_fused_per_token_quantize_kernel_code_matches_torch_float8_cast(dtype, shape, contiguous):
+    # The CPU impl runs the CUDA kernel's per-block code (amax pass, scale, quantize pass); rows
+    # with whole 16-byte chunks take its 16-byte path, the others the element-wise one.
+    x = random_weight(*shape, dtype, "cpu")
+    if not contiguous:
+        x = torch.cat([x, x], dim=1)[:, ::2]  # a strided view
+    scales = torch.full((x.shape[0],), float("nan"))
+    codes = torch.empty(x.shape, dtype=torch.uint8)
+    torch.ops.star_elastic._fp8_quantize_per_row(x, scales, codes)
+    expected = expected_scales(x, per_row=True)
+    assert torch.equal(scales, expected)
+    assert torch.equal(codes, expected_codes(x, expected))

@@ -62,7 +62,8 @@ def test_nvfp4_linear_matches_dequantize_then_matmul(backend, device, dtype, n, 
     w = sek.quantize_nvfp4(parent_weight().to(device))
     x = random_activation(m, k, dtype, device, seed=m)
     bias = torch.linspace(-1, 1, PARENT[0]).to(dtype).to(device)  # the parent's bias
-    out = sek.nvfp4_linear(x, w, bias, out_features=n, in_features=k, backend=backend)
+    layer = w.prepack() if backend == "cuda" else w  # the CUDA kernel reads the prepacked layout
+    out = sek.nvfp4_linear(x, layer, bias, out_features=n, in_features=k, backend=backend)
     assert out.shape == (m, n) and out.dtype == dtype and out.device == x.device
     weight = nvfp4_decode(w, n, k)
     expected = x.cpu().double() @ weight.t() + bias[:n].cpu().double()
@@ -72,18 +73,19 @@ def test_nvfp4_linear_matches_dequantize_then_matmul(backend, device, dtype, n, 
 @pytest.mark.parametrize("backend,device", backend_cases())
 def test_nvfp4_linear_strided_x_batch_dims_and_empty(backend, device):
     w = sek.quantize_nvfp4(parent_weight().to(device))
+    layer = w.prepack() if backend == "cuda" else w
     wide = random_activation(6, 2 * 48, torch.float16, device, seed=3)
     x = wide[:, ::2]  # non-contiguous compact activation, in_features 48
     assert not x.is_contiguous()
-    out = sek.nvfp4_linear(x, w, out_features=24, backend=backend)
+    out = sek.nvfp4_linear(x, layer, out_features=24, backend=backend)
     weight = nvfp4_decode(w, 24, 48)
     assert_close(out, x.cpu().double() @ weight.t(), x, weight, torch.float16)
-    batched = sek.nvfp4_linear(x.reshape(2, 3, 48), w, out_features=24, backend=backend)
+    batched = sek.nvfp4_linear(x.reshape(2, 3, 48), layer, out_features=24, backend=backend)
     assert batched.shape == (2, 3, 24) and torch.equal(batched.reshape(6, 24), out)
-    empty = sek.nvfp4_linear(x[:0], w, out_features=24, backend=backend)
+    empty = sek.nvfp4_linear(x[:0], layer, out_features=24, backend=backend)
     assert empty.shape == (0, 24)
     own_bias = torch.ones(24, dtype=torch.float16, device=device)  # (out_features,) bias
-    biased = sek.nvfp4_linear(x, w, own_bias, out_features=24, backend=backend)
+    biased = sek.nvfp4_linear(x, layer, own_bias, out_features=24, backend=backend)
     assert_close(biased, x.cpu().double() @ weight.t() + 1.0, x, weight, torch.float16)
 
 
@@ -111,16 +113,18 @@ def test_nvfp4_linear_cuda_split_k_and_large_shapes(dtype, m, n, k):
     bias = torch.randn(n + 24, generator=g).to(dtype).cuda()
     weight = nvfp4_decode(w, n, k)
     expected = x.cpu().double() @ weight.t() + bias[:n].cpu().double()
-    for backend in ("cuda", "triton"):
-        out = sek.nvfp4_linear(x, w, bias, out_features=n, backend=backend)
+    for backend, layer in (("cuda", w.prepack()), ("triton", w)):
+        out = sek.nvfp4_linear(x, layer, bias, out_features=n, backend=backend)
         assert_close(out, expected, x, weight, dtype)
 
 
 @pytest.mark.gpu
-def test_nvfp4_linear_cuda_refuses_float32_activations():
+def test_nvfp4_linear_cuda_refuses_float32_activations_and_the_standard_layout():
     w = sek.quantize_nvfp4(parent_weight().cuda())
     with pytest.raises(sek.BackendUnavailableError, match="float16 or bfloat16"):
-        sek.nvfp4_linear(torch.randn(2, 96, device="cuda"), w, backend="cuda")
+        sek.nvfp4_linear(torch.randn(2, 96, device="cuda"), w.prepack(), backend="cuda")
+    with pytest.raises(sek.BackendUnavailableError, match="prepacked layout"):
+        sek.nvfp4_linear(torch.randn(2, 96, device="cuda").half(), w, backend="cuda")
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -281,7 +285,8 @@ def _fp8():
     (lambda: sek.fp8_linear(torch.randn(2, 64), _fp8(), input_scale=torch.tensor(1.0)),
      ValueError, "only used with activation_quant='static'"),
     (lambda: sek.fp8_linear(torch.randn(2, 64), _fp8(), activation_quant="static",
-                            input_scale=torch.tensor(0.0)), ValueError, "scale must be > 0"),
+                            input_scale=torch.tensor(0.0), check_finite=True), ValueError,
+     "scale must be > 0"),
     (lambda: sek.fp8_linear(torch.randn(2, 64).half(), _fp8(), torch.randn(8)), TypeError,
      "bias dtype"),
     (lambda: sek.fp8_linear(torch.randn(2, 64), sek.FP8Weight(torch.randn(8, 64), torch.ones(8))),
@@ -315,11 +320,11 @@ def test_opcheck(backend, device):
 
 @pytest.mark.gpu
 def test_opcheck_cuda_backend():
-    w = sek.quantize_nvfp4(parent_weight().cuda()).slice(24, 48)
+    w = sek.quantize_nvfp4(parent_weight().cuda()).prepack().slice(24, 48)
     x = random_activation(3, 48, torch.float16, "cuda")
     bias = torch.randn(24, device="cuda").half()
-    torch.library.opcheck(torch.ops.star_elastic.nvfp4_linear.default,
-                          (x, w.data, w.scale, w.global_scale, bias, "cuda"),
+    torch.library.opcheck(torch.ops.star_elastic.nvfp4_prepacked_linear.default,
+                          (x, w.codes, w.scales, w.global_scale, bias, 24, "cuda"),
                           test_utils=("test_autograd_registration", "test_faketensor",
                                       "test_aot_dispatch_dynamic"))
     f = sek.quantize_fp8(torch.randn(64, 128, device="cuda"), granularity="channel").slice(32, 64)
