@@ -170,6 +170,18 @@ def arithmetic_examples(count: int, *, min_digits: int = 2, max_digits: int = 4,
     return [addition_example(operand(), operand()) for _ in range(count)]
 
 
+def pack_texts(texts: Sequence[str], per_pack: int, *, seed: int = 0) -> list[str]:
+    """Whole texts packed ``per_pack`` to a sequence (a random grouping, every text once; a short
+    last group), joined by ``<eos><bos>`` so that :func:`encode_batch` frames every text as it
+    frames a lone one: the long-context form of the same samples, none of them cut."""
+    if per_pack < 1:
+        raise ValueError(f"per_pack={per_pack} must be >= 1")
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    return [f"{EOS}{BOS}".join(texts[i] for i in order[start:start + per_pack])
+            for start in range(0, len(order), per_pack)]
+
+
 def parse_answer(completion: str) -> str | None:
     """The number after ``A:`` in a completion, or None when there is none."""
     if "A:" not in completion:

@@ -5,13 +5,14 @@
 1. the task: addition written as ``Q:a+b=?\\n<think>one line per digit</think>A:sum``. Thinking
    is long and easy (each line adds two digits and a carry), the answer short and hard (the sum's
    digits gathered from the lines in reverse, the last carry first). Short problems (few digits)
-   and long ones (the test problems' size) are generated locally;
+   and long ones (the test problems' size) are generated locally, and packed two to a sequence
+   for the long-context stage;
 2. a tiny hybrid Mamba-2 / attention / MLP / MoE parent trained on it (next-token cross-entropy);
 3. importance estimation (Mamba heads on their top channels, eq. 4; layers by iterative
    normalised-MSE) and the permutation that makes every submodel a prefix;
 4. one elastic distillation run with the router (widths and depth, active-parameter cost) and
-   the two-stage curriculum on whole samples (the short stage trains on the short problems, the
-   long stage on all of them, skewed to the full budget) for 100 / 70 / 45 % of the active
+   the two-stage curriculum on whole samples (the short stage trains on lone problems, the
+   long stage also on packed ones, skewed to the full budget) for 100 / 70 / 45 % of the active
    parameters, the frozen parent as teacher;
 5. zero-shot slicing of every budget (checked against the masked parent) and its export;
 6. evaluation of every configuration on the held-out test problems: every budget alone and every
@@ -77,9 +78,10 @@ class DemoSettings:
     hidden_size: int = 64
     layer_pattern: str = "M*E-M*E"
     parent_lr: float = 3e-3
-    student_lr: float = 1e-3
+    student_lr: float = 2e-3
     router_lr: float = 5e-3
     router_lambda: float = 1.0
+    pack: int = 2  # problems per sequence of the long-context stage
     # the router's Mode 2 (probability-weighted prefix masks): in trials on this task its KD
     # gradient told the widths apart, while with hard masks (Mode 1) the cost alone chose and cut
     # the Mamba and attention heads the answer needs (70% budget: 95% vs 2% accuracy)
@@ -119,12 +121,13 @@ def parent_config(settings: DemoSettings, vocab_size: int) -> ElasticConfig:
 
 @dataclasses.dataclass
 class Task:
-    """Training sequences (short and long problems, encoded whole) and held-out test problems."""
+    """Training sequences, all whole: every problem alone (short and long problems) and the same
+    problems packed ``pack`` to a sequence (the long-context stage); held-out test problems."""
 
     tokenizer: data.CharTokenizer
     tokens: torch.Tensor  # (N, L) int64
     mask: torch.Tensor  # (N, L) bool
-    short_len: int  # tokens of the longest short problem: the short stage's seq_len
+    single_len: int  # tokens of the longest lone problem: the short stage's seq_len
     test: list[data.ArithmeticExample]
 
 
@@ -138,10 +141,11 @@ def make_task(settings: DemoSettings, seed: int) -> Task:
     long = [e for e in data.arithmetic_examples(settings.long_examples, min_digits=settings.long_digits[0],
                                                 max_digits=settings.long_digits[1], seed=seed + 1)
             if e.prompt not in held_out]
-    lengths = [len(tokenizer.encode(e.text)) + 2 for e in short + long]  # + <bos>, <eos>
-    tokens, mask = data.encode_batch(tokenizer, [e.text for e in short + long], max(lengths),
-                                     truncate=False)
-    return Task(tokenizer, tokens, mask, max(lengths[: len(short)]), test)
+    singles = [e.text for e in short + long]
+    packed = data.pack_texts(singles, settings.pack, seed=seed)
+    lengths = [len(tokenizer.encode(text)) + 2 for text in singles + packed]  # + <bos>, <eos>
+    tokens, mask = data.encode_batch(tokenizer, singles + packed, max(lengths), truncate=False)
+    return Task(tokenizer, tokens, mask, max(lengths[: len(singles)]), test)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -188,8 +192,8 @@ def rank_and_permute(parent: ElasticModel, task: Task) -> tuple[list[int], float
 
 
 def curriculum(settings: DemoSettings, task: Task, steps: tuple[int, int]) -> list[Stage]:
-    """Short whole problems first (uniform budgets), then all of them (skewed to the full one)."""
-    return [Stage("short", steps[0], task.short_len, settings.elastic_batch),
+    """Lone whole problems first (uniform budgets), then packed ones too (skewed to the full one)."""
+    return [Stage("short", steps[0], task.single_len, settings.elastic_batch),
             Stage("long", steps[1], task.tokens.shape[1], settings.elastic_batch, (0.5, 0.3, 0.2))]
 
 
