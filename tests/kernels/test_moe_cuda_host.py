@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from star_elastic_kernels import _extension
-from star_elastic_kernels.moe import ops as moe_ops
+from star_elastic_kernels.moe import align as moe_align_ops
+from star_elastic_kernels.moe import ffn as moe_ffn_ops
+from star_elastic_kernels.moe import route as moe_route_ops
 from star_elastic_kernels.reference import moe as reference
 from tests.kernels.test_moe_route import align_by_hand
 
@@ -22,7 +24,7 @@ pytestmark = pytest.mark.skipif(
 def route_both(logits, *, top_k, score, bias=None, num_experts=None, mask=None, renormalize=True,
                scaling=1.0):
     prefix = logits.shape[1] if num_experts is None else num_experts
-    got = moe_ops._route_cuda(logits, bias, mask, top_k, score == "softmax", prefix, renormalize,
+    got = moe_route_ops._route_cuda(logits, bias, mask, top_k, score == "softmax", prefix, renormalize,
                               scaling)
     want = reference.moe_route(logits, top_k=top_k, score=score, correction_bias=bias,
                                num_experts=num_experts, expert_mask=mask, renormalize=renormalize,
@@ -82,7 +84,7 @@ def test_route_without_bias_and_top_k_equal_to_active():
     logits = torch.zeros(3, 8)
     logits[:, 5:] = 100.0
     mask = torch.tensor([True, True, True, False, True, False, False, True])
-    got = moe_ops._route_cuda(logits, None, mask, 3, False, 8, True, 1.0)
+    got = moe_route_ops._route_cuda(logits, None, mask, 3, False, 8, True, 1.0)
     assert got[1].tolist() == [[7, 0, 1]] * 3
 
 
@@ -97,8 +99,8 @@ def test_align_matches_by_hand(t, k, num_experts, block_m, id_dtype):
     ids = torch.stack([torch.randperm(live, generator=g)[:k] for _ in range(t)]) if t else \
         torch.empty(0, k, dtype=torch.int64)
     ids = ids.to(id_dtype)
-    got = moe_ops._align_cuda(ids, num_experts, block_m)
-    for name, ours, want in zip(moe_ops.MoEAlignment._fields, got,
+    got = moe_align_ops._align_cuda(ids, num_experts, block_m)
+    for name, ours, want in zip(moe_align_ops.MoEAlignment._fields, got,
                                 align_by_hand(ids, num_experts, block_m)):
         assert ours.dtype == torch.int32, name
         assert torch.equal(ours, want), name
@@ -108,7 +110,7 @@ def test_align_matches_by_hand(t, k, num_experts, block_m, id_dtype):
 
 def test_align_all_slots_on_one_expert_across_many_chunks():
     ids = torch.full((1000, 1), 3, dtype=torch.int32)  # 16 chunks of 64 slots
-    sorted_slots, counts, offsets, blocks = moe_ops._align_cuda(ids, 6, 8)
+    sorted_slots, counts, offsets, blocks = moe_align_ops._align_cuda(ids, 6, 8)
     assert torch.equal(sorted_slots, torch.arange(1000, dtype=torch.int32))
     assert counts.tolist() == [0, 0, 0, 1000, 0, 0]
     assert blocks.tolist() == [0, 0, 0, 0, 125, 125, 125]
@@ -195,7 +197,7 @@ def test_ffn_composition_with_reference_gemm(activation, shared, t, widths):
     r, d, s = widths
     r, d, s = r or 32, d or 32, (s or 16) if shared else 0
     hidden = layer["hidden"][:, :d].contiguous()
-    got = moe_ops._moe_ffn_cuda(hidden, layer["w_up"], layer["w_down"], layer["weights"],
+    got = moe_ffn_ops._moe_ffn_cuda(hidden, layer["w_up"], layer["w_down"], layer["weights"],
                                 layer["ids"], layer["shared_up"], layer["shared_down"], activation,
                                 r, d, s, 2.5, gemm=reference.grouped_gemm)
     want = reference.moe_ffn(hidden, layer["w_up"], layer["w_down"], layer["weights"], layer["ids"],
@@ -210,5 +212,5 @@ def test_ffn_composition_with_reference_gemm(activation, shared, t, widths):
 def test_align_large_with_the_chunk_cap(tokens):
     g = torch.Generator().manual_seed(tokens)
     ids = torch.randint(0, 100, (tokens, 6), generator=g, dtype=torch.int32)
-    for ours, want in zip(moe_ops._align_cuda(ids, 128, 64), reference.moe_align(ids, 128, 64)):
+    for ours, want in zip(moe_align_ops._align_cuda(ids, 128, 64), reference.moe_align(ids, 128, 64)):
         assert torch.equal(ours, want)
