@@ -23,13 +23,19 @@ void throw_on_cuda_error(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorString(err));
 }
 
-int64_t moe_grouped_gemm_workspace_size(int64_t num_groups, int64_t device) {
-  return static_cast<int64_t>(
-      moe::grouped_gemm_bf16_workspace_size(static_cast<int>(num_groups), static_cast<int>(device)));
+// The device error flag (moe/error_flags.h) a kernel ORs its value-check bits into.
+int32_t* error_flag_ptr(at::Tensor& flag, const at::Tensor& like, const char* what) {
+  TORCH_CHECK(flag.scalar_type() == at::kInt && flag.numel() >= 1 && flag.device() == like.device(),
+              what, ": error_flag must be an int32 tensor on the inputs' device");
+  return flag.data_ptr<int32_t>();
+}
+
+int64_t moe_grouped_gemm_workspace_size(int64_t num_groups) {
+  return static_cast<int64_t>(moe::grouped_gemm_bf16_workspace_size(static_cast<int>(num_groups)));
 }
 
 void moe_grouped_gemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& group_ends,
-                           at::Tensor& out, at::Tensor& workspace) {
+                           at::Tensor& out, at::Tensor& workspace, at::Tensor& error_flag) {
   TORCH_CHECK(a.is_cuda() && b.is_cuda() && group_ends.is_cuda() && out.is_cuda() &&
                   workspace.is_cuda(),
               "_moe_grouped_gemm: every tensor must be on the GPU");
@@ -55,7 +61,9 @@ void moe_grouped_gemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::T
   args.d = out.data_ptr();
   args.ldd = out.stride(0);
   args.group_ends = group_ends.data_ptr<int32_t>();
+  args.error_flag = error_flag_ptr(error_flag, a, "_moe_grouped_gemm");
   args.num_groups = static_cast<int>(b.size(0));
+  args.m = a.size(0);
   args.n = b.size(1);
   args.k = b.size(2);
   throw_on_cuda_error(
@@ -69,8 +77,8 @@ void moe_grouped_gemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::T
 
 moe::RouteParams moe_route_params(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
                                   const std::optional<at::Tensor>& mask, at::Tensor& weights,
-                                  at::Tensor& ids, int64_t num_prefix, bool softmax,
-                                  bool renormalize, double scaling) {
+                                  at::Tensor& ids, at::Tensor& error_flag, int64_t num_prefix,
+                                  bool softmax, bool renormalize, double scaling) {
   TORCH_CHECK(logits.dim() == 2, "_moe_route: logits must be (T, E)");
   const int64_t tokens = logits.size(0), columns = logits.size(1);
   TORCH_CHECK(weights.scalar_type() == at::kFloat && weights.is_contiguous() && weights.dim() == 2 &&
@@ -104,6 +112,7 @@ moe::RouteParams moe_route_params(const at::Tensor& logits, const std::optional<
   }
   p.weights = weights.data_ptr<float>();
   p.ids = ids.data_ptr<int32_t>();
+  p.error_flag = error_flag_ptr(error_flag, logits, "_moe_route");
   p.num_tokens = tokens;
   p.num_columns = columns;
   p.num_prefix = num_prefix;
@@ -116,10 +125,11 @@ moe::RouteParams moe_route_params(const at::Tensor& logits, const std::optional<
 
 void moe_route_cuda(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
                     const std::optional<at::Tensor>& mask, at::Tensor& weights, at::Tensor& ids,
-                    int64_t num_prefix, bool softmax, bool renormalize, double scaling) {
+                    at::Tensor& error_flag, int64_t num_prefix, bool softmax, bool renormalize,
+                    double scaling) {
   TORCH_CHECK(logits.is_cuda(), "_moe_route: logits must be a CUDA tensor");
-  const auto p = moe_route_params(logits, bias, mask, weights, ids, num_prefix, softmax, renormalize,
-                                  scaling);
+  const auto p = moe_route_params(logits, bias, mask, weights, ids, error_flag, num_prefix, softmax,
+                                  renormalize, scaling);
   const c10::cuda::CUDAGuard guard(logits.device());
   throw_on_cuda_error(
       moe::route_cuda(p, c10::cuda::getCurrentCUDAStream(logits.get_device()).stream()),
@@ -130,10 +140,11 @@ void moe_route_cuda(const at::Tensor& logits, const std::optional<at::Tensor>& b
 // arithmetic of the kernel on machines without a GPU; not the launch).
 void moe_route_cpu(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
                    const std::optional<at::Tensor>& mask, at::Tensor& weights, at::Tensor& ids,
-                   int64_t num_prefix, bool softmax, bool renormalize, double scaling) {
+                   at::Tensor& error_flag, int64_t num_prefix, bool softmax, bool renormalize,
+                   double scaling) {
   TORCH_CHECK(logits.is_cpu(), "_moe_route (CPU): logits must be a CPU tensor");
-  moe::route_host(moe_route_params(logits, bias, mask, weights, ids, num_prefix, softmax,
-                                   renormalize, scaling));
+  moe::route_host(moe_route_params(logits, bias, mask, weights, ids, error_flag, num_prefix,
+                                   softmax, renormalize, scaling));
 }
 
 int64_t moe_align_workspace_size(int64_t num_slots, int64_t num_experts) {
@@ -143,7 +154,7 @@ int64_t moe_align_workspace_size(int64_t num_slots, int64_t num_experts) {
 moe::AlignParams moe_align_params(const at::Tensor& ids, at::Tensor& workspace,
                                   at::Tensor& sorted_slots, at::Tensor& counts,
                                   at::Tensor& expert_offsets, at::Tensor& block_offsets,
-                                  int64_t block_m) {
+                                  at::Tensor& error_flag, int64_t block_m) {
   TORCH_CHECK(ids.is_contiguous() && (ids.scalar_type() == at::kInt || ids.scalar_type() == at::kLong),
               "_moe_align: ids must be contiguous int32 or int64");
   const int64_t experts = counts.numel();
@@ -169,15 +180,16 @@ moe::AlignParams moe_align_params(const at::Tensor& ids, at::Tensor& workspace,
   p.counts = counts.data_ptr<int32_t>();
   p.expert_offsets = expert_offsets.data_ptr<int32_t>();
   p.block_offsets = block_offsets.data_ptr<int32_t>();
+  p.error_flag = error_flag_ptr(error_flag, ids, "_moe_align");
   return p;
 }
 
 void moe_align_cuda(const at::Tensor& ids, at::Tensor& workspace, at::Tensor& sorted_slots,
                     at::Tensor& counts, at::Tensor& expert_offsets, at::Tensor& block_offsets,
-                    int64_t block_m) {
+                    at::Tensor& error_flag, int64_t block_m) {
   TORCH_CHECK(ids.is_cuda(), "_moe_align: ids must be a CUDA tensor");
   const auto p = moe_align_params(ids, workspace, sorted_slots, counts, expert_offsets,
-                                  block_offsets, block_m);
+                                  block_offsets, error_flag, block_m);
   const c10::cuda::CUDAGuard guard(ids.device());
   throw_on_cuda_error(moe::align_cuda(p, c10::cuda::getCurrentCUDAStream(ids.get_device()).stream()),
                       "_moe_align");
@@ -186,10 +198,10 @@ void moe_align_cuda(const at::Tensor& ids, at::Tensor& workspace, at::Tensor& so
 // CPU impl: the four phases' per-thread functions run sequentially (see moe_route_cpu).
 void moe_align_cpu(const at::Tensor& ids, at::Tensor& workspace, at::Tensor& sorted_slots,
                    at::Tensor& counts, at::Tensor& expert_offsets, at::Tensor& block_offsets,
-                   int64_t block_m) {
+                   at::Tensor& error_flag, int64_t block_m) {
   TORCH_CHECK(ids.is_cpu(), "_moe_align (CPU): ids must be a CPU tensor");
   moe::align_host(moe_align_params(ids, workspace, sorted_slots, counts, expert_offsets,
-                                   block_offsets, block_m));
+                                   block_offsets, error_flag, block_m));
 }
 
 // moe_ffn's elementwise steps (bf16) around the grouped GEMMs; CUDA kernels and CPU impls that
@@ -325,15 +337,17 @@ void moe_combine_cpu(const at::Tensor& y, const at::Tensor& sorted_slots, const 
 }  // namespace star_elastic
 
 TORCH_LIBRARY_FRAGMENT(star_elastic, m) {
-  m.def("_moe_grouped_gemm_workspace_size(int num_groups, int device) -> int",
+  m.def("_moe_grouped_gemm_workspace_size(int num_groups) -> int",
         &star_elastic::moe_grouped_gemm_workspace_size);
-  m.def("_moe_grouped_gemm(Tensor a, Tensor b, Tensor group_ends, Tensor(a!) out, Tensor(b!) workspace) -> ()");
+  m.def("_moe_grouped_gemm(Tensor a, Tensor b, Tensor group_ends, Tensor(a!) out, "
+        "Tensor(b!) workspace, Tensor(c!) error_flag) -> ()");
   m.def("_moe_route(Tensor logits, Tensor? bias, Tensor? mask, Tensor(a!) weights, Tensor(b!) ids, "
-        "int num_prefix, bool softmax, bool renormalize, float scaling) -> ()");
+        "Tensor(c!) error_flag, int num_prefix, bool softmax, bool renormalize, float scaling) -> ()");
   m.def("_moe_align_workspace_size(int num_slots, int num_experts) -> int",
         &star_elastic::moe_align_workspace_size);
   m.def("_moe_align(Tensor ids, Tensor(a!) workspace, Tensor(b!) sorted_slots, Tensor(c!) counts, "
-        "Tensor(d!) expert_offsets, Tensor(e!) block_offsets, int block_m) -> ()");
+        "Tensor(d!) expert_offsets, Tensor(e!) block_offsets, Tensor(f!) error_flag, "
+        "int block_m) -> ()");
   m.def("_moe_gather_rows(Tensor x, Tensor sorted_slots, int top_k, Tensor(a!) out) -> ()");
   m.def("_moe_activation(Tensor gate, Tensor? value, Tensor(a!) out) -> ()");
   m.def("_moe_combine(Tensor y, Tensor sorted_slots, Tensor weights, Tensor? shared, "

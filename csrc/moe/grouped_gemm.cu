@@ -98,11 +98,24 @@ Tables carve(void* workspace, int groups) {
   return t;
 }
 
+// Group g's rows [start, end) from the ends, clamped into [0, M] and non-decreasing; bad ends
+// are flagged (error_flags.h).
+__device__ void group_rows(const GroupedGemmArgs& args, int g, int64_t* start, int64_t* end) {
+  const auto clamp = [&](int64_t v) { return v < 0 ? int64_t{0} : (v > args.m ? args.m : v); };
+  const int64_t prev = g == 0 ? 0 : static_cast<int64_t>(args.group_ends[g - 1]);
+  const int64_t here = static_cast<int64_t>(args.group_ends[g]);
+  if (here < prev || here < 0 || here > args.m || (g == args.num_groups - 1 && here != args.m)) {
+    raise_error(args.error_flag, kErrorBadGroupEnds);
+  }
+  *start = clamp(prev);
+  *end = clamp(here) < *start ? *start : clamp(here);
+}
+
 __global__ void build_tables_kernel(GroupedGemmArgs args, Tables t) {
   const int g = blockIdx.x * blockDim.x + threadIdx.x;
   if (g >= args.num_groups) return;
-  const int64_t start = g == 0 ? 0 : static_cast<int64_t>(args.group_ends[g - 1]);
-  const int64_t end = static_cast<int64_t>(args.group_ends[g]);
+  int64_t start, end;
+  group_rows(args, g, &start, &end);
   t.shapes[g] = Shape3{static_cast<int>(end - start), static_cast<int>(args.n), static_cast<int>(args.k)};
   t.ptr_a[g] = static_cast<const Element*>(args.a) + start * args.lda;
   t.ptr_b[g] = static_cast<const Element*>(args.b) + static_cast<int64_t>(g) * args.stride_bg;
@@ -112,10 +125,11 @@ __global__ void build_tables_kernel(GroupedGemmArgs args, Tables t) {
   t.stride_d[g] = cute::make_stride(args.ldd, cute::Int<1>{}, cute::Int<0>{});
 }
 
-typename Gemm::Arguments make_arguments(const GroupedGemmArgs& args, const Tables& t, int device) {
+typename Gemm::Arguments make_arguments(const GroupedGemmArgs& args, const Tables& t, int device,
+                                        int sm_count) {
   cutlass::KernelHardwareInfo hw_info;
   hw_info.device_id = device;
-  hw_info.sm_count = cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
+  hw_info.sm_count = sm_count;
   typename Gemm::Arguments arguments{
       cutlass::gemm::GemmUniversalMode::kGrouped,
       {args.num_groups, t.shapes, nullptr},
@@ -129,13 +143,20 @@ typename Gemm::Arguments make_arguments(const GroupedGemmArgs& args, const Table
 
 bool aligned(int64_t value) { return value % kAlignment == 0; }
 
+// The SMs the persistent kernel spreads over (its workspace holds per-SM TMA descriptors).
+int sm_count_of(int device) {
+  const int count = cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
+  return count < kMaxSmCount ? count : kMaxSmCount;
+}
+
 }  // namespace
 
-size_t grouped_gemm_bf16_workspace_size(int num_groups, int device) {
+size_t grouped_gemm_bf16_workspace_size(int num_groups) {
   GroupedGemmArgs args{};
   args.num_groups = num_groups;
   const Tables none{};
-  return tables_bytes(num_groups) + round_up(Gemm::get_workspace_size(make_arguments(args, none, device)));
+  return tables_bytes(num_groups) +
+         round_up(Gemm::get_workspace_size(make_arguments(args, none, 0, kMaxSmCount)));
 }
 
 cudaError_t grouped_gemm_bf16(const GroupedGemmArgs& args, void* workspace, size_t workspace_bytes,
@@ -145,7 +166,7 @@ cudaError_t grouped_gemm_bf16(const GroupedGemmArgs& args, void* workspace, size
       !aligned(args.k) || !aligned(args.stride_bg) ||
       reinterpret_cast<uintptr_t>(args.a) % 16 || reinterpret_cast<uintptr_t>(args.b) % 16 ||
       reinterpret_cast<uintptr_t>(args.d) % 16 || reinterpret_cast<uintptr_t>(workspace) % 256 ||
-      workspace_bytes < grouped_gemm_bf16_workspace_size(args.num_groups, device)) {
+      workspace_bytes < grouped_gemm_bf16_workspace_size(args.num_groups)) {
     return cudaErrorInvalidValue;
   }
   const Tables tables = carve(workspace, args.num_groups);
@@ -154,7 +175,7 @@ cudaError_t grouped_gemm_bf16(const GroupedGemmArgs& args, void* workspace, size
   if (err != cudaSuccess) return err;
 
   Gemm gemm;
-  auto arguments = make_arguments(args, tables, device);
+  auto arguments = make_arguments(args, tables, device, sm_count_of(device));
   void* gemm_workspace = static_cast<char*>(workspace) + tables_bytes(args.num_groups);
   if (gemm.can_implement(arguments) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
   if (gemm.initialize(arguments, gemm_workspace, stream) != cutlass::Status::kSuccess) {

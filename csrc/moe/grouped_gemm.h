@@ -5,6 +5,8 @@
 // stride ldb and unit column stride: a prefix view w[:, :n, :k] of a parent (E, N', K') weight is
 // read in place. The per-group problem shapes, pointers and strides are built on the device from
 // group_ends (no host sync); an empty group has no tiles. bf16 in, fp32 accumulation, bf16 out.
+// group_ends are checked on the device: ends that decrease, are negative or do not finish at M
+// raise kErrorBadGroupEnds in error_flag and are clamped into [0, M] (never read out of bounds).
 // TMA needs 16-byte alignment: lda, ldb, ldd, N and K multiples of 8, base pointers 16-byte aligned.
 #pragma once
 
@@ -12,6 +14,8 @@
 
 #include <cstddef>
 #include <cstdint>
+
+#include "moe/error_flags.h"
 
 namespace star_elastic {
 namespace moe {
@@ -25,13 +29,18 @@ struct GroupedGemmArgs {
   void* d;                     // bf16 (M, N), row stride ldd
   int64_t ldd;
   const int32_t* group_ends;   // (G,) cumulative end rows, on the device
+  int32_t* error_flag;         // nullptr or one int32 on the device (error_flags.h)
   int num_groups;
+  int64_t m;
   int64_t n;
   int64_t k;
 };
 
-// Bytes of device scratch grouped_gemm_bf16 needs for num_groups groups on `device`.
-size_t grouped_gemm_bf16_workspace_size(int num_groups, int device);
+// Bytes of device scratch grouped_gemm_bf16 needs for num_groups groups: a bound that holds on
+// any GPU with up to kMaxSmCount SMs, computed without touching a device (so callers can size it
+// while tracing with fake tensors).
+constexpr int kMaxSmCount = 256;
+size_t grouped_gemm_bf16_workspace_size(int num_groups);
 
 // Launches on `stream`; `workspace` holds grouped_gemm_bf16_workspace_size(...) bytes, 256-byte
 // aligned. Returns cudaErrorInvalidValue when the alignment rules above are broken.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 ID_DTYPES = (torch.int32, torch.int64)
@@ -37,10 +38,33 @@ def same_device(t: torch.Tensor, name: str, like: torch.Tensor, like_name: str) 
         raise ValueError(f"{name} is on {t.device} but {like_name} is on {like.device}")
 
 
+def boolean(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def on_host_now(t: torch.Tensor, validate: bool) -> bool:
+    """Whether to check the values of ``t`` on the host before launching: always for CPU tensors
+    (no device sync needed), for device tensors only with ``validate=True`` (one sync); never while
+    tracing (the kernels check on the device instead, see moe/_errors.py)."""
+    boolean(validate, "validate")
+    if torch.compiler.is_compiling() or isinstance(t, FakeTensor):
+        return False
+    return validate or t.device.type == "cpu"
+
+
 def ids_in_range(ids: torch.Tensor, num_experts: int, name: str = "ids") -> None:
-    # Needs the values (one device sync); a compiled graph cannot branch on them, so it skips this.
-    if torch.compiler.is_compiling() or ids.numel() == 0:
+    """Host check of expert ids (reads the values: call only when :func:`on_host_now`)."""
+    if ids.numel() == 0:
         return
     low, high = torch.stack([ids.min(), ids.max()]).tolist()
     if low < 0 or high >= num_experts:
         raise ValueError(f"{name} must lie in [0, {num_experts}), got values in [{low}, {high}]")
+
+
+def fake_expect(ok: bool, op: str, rule: str) -> None:
+    """The shape rules of a private ``_C`` op, checked by its fake impl while tracing (the C++
+    impl checks the same with TORCH_CHECK at run time)."""
+    if not ok:
+        raise RuntimeError(f"{op}: {rule}")

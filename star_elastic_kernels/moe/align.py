@@ -12,8 +12,8 @@ from typing import NamedTuple
 
 import torch
 
-from star_elastic_kernels import _backends
-from star_elastic_kernels.moe import _checks
+from star_elastic_kernels import _backends, _extension
+from star_elastic_kernels.moe import _checks, _errors
 from star_elastic_kernels.reference import moe as reference
 
 
@@ -40,8 +40,9 @@ class MoEAlignment(NamedTuple):
 
 def _align_cuda(ids: torch.Tensor, num_experts: int, block_m: int):
     """Backend "cuda" of moe_align (csrc/moe/align.cu: chunk histograms, per-expert scans,
-    offsets, stable fill; no atomics). On CPU tensors the private op runs the kernels' per-thread
-    functions sequentially (its CPU impl; tests only)."""
+    offsets, stable fill; no atomics; ids out of range are skipped and flagged on the device).
+    Every output is sized from the shapes alone (no host read). On CPU tensors the private op
+    runs the kernels' per-thread functions sequentially (its CPU impl; tests only)."""
     flat = ids.reshape(-1).contiguous()
     i32 = dict(dtype=torch.int32, device=ids.device)
     workspace = torch.empty(
@@ -51,8 +52,18 @@ def _align_cuda(ids: torch.Tensor, num_experts: int, block_m: int):
     expert_offsets = torch.empty(num_experts + 1, **i32)
     block_offsets = torch.empty(num_experts + 1, **i32)
     torch.ops.star_elastic._moe_align(flat, workspace, sorted_slots, counts, expert_offsets,
-                                      block_offsets, block_m)
+                                      block_offsets, _errors.device_flag(ids), block_m)
     return sorted_slots, counts, expert_offsets, block_offsets
+
+
+if _extension.has_op("_moe_align"):
+    @torch.library.register_fake("star_elastic::_moe_align")
+    def _(ids, workspace, sorted_slots, counts, expert_offsets, block_offsets, error_flag, block_m):
+        experts = counts.numel()
+        _checks.fake_expect(sorted_slots.numel() == ids.numel() and expert_offsets.numel() == experts + 1
+                            and block_offsets.numel() == experts + 1, "_moe_align",
+                            "sorted_slots (T*k,), counts (E,), expert_offsets and block_offsets (E+1,)")
+        _checks.fake_expect(block_m >= 1, "_moe_align", "block_m >= 1")
 
 
 def _triton_align():
@@ -68,7 +79,8 @@ def _moe_align_op(
     if backend == "cuda":
         return _align_cuda(ids, num_experts, block_m)
     if backend == "triton":
-        return _triton_align().moe_align(ids.contiguous(), num_experts, block_m)
+        return _triton_align().moe_align(ids.contiguous(), num_experts, block_m,
+                                         _errors.device_flag(ids))
     return reference.moe_align(ids, num_experts, block_m)
 
 
@@ -79,7 +91,7 @@ def _(ids, num_experts, block_m, backend):
             ids.new_empty(num_experts + 1, **i32), ids.new_empty(num_experts + 1, **i32))
 
 
-def moe_align(ids: torch.Tensor, num_experts: int, block_m: int = 64, *,
+def moe_align(ids: torch.Tensor, num_experts: int, block_m: int = 64, *, validate: bool = False,
               backend: str | None = None) -> MoEAlignment:
     """Group the (token, k) slots of a routing by expert, for grouped GEMMs.
 
@@ -89,16 +101,27 @@ def moe_align(ids: torch.Tensor, num_experts: int, block_m: int = 64, *,
         num_experts: E, the parent's expert count.
         block_m: rows per GEMM row block; an expert with c slots gets ``ceil(c / block_m)`` blocks,
             an expert with none (a masked one in particular) gets no block and so no work.
+        validate: on device tensors, also check the ids' range on the host before launching (one
+            sync). Without it the kernels check on the device: an id out of range is skipped (the
+            tail of ``sorted_slots`` is then unspecified) and sets a flag that
+            :func:`star_elastic_kernels.moe.raise_device_errors` reports. CPU tensors are always
+            checked on the host.
         backend: as in :func:`moe_route`; ``"cuda"`` is csrc/moe/align.cu (deterministic, no
             atomics).
 
     Returns:
         :class:`MoEAlignment` ``(sorted_slots (T*k,), counts (E,), expert_offsets (E+1,),
-        block_offsets (E+1,))``, int32; the slot order within an expert is increasing.
+        block_offsets (E+1,))``, int32; the slot order within an expert is increasing. Sizes
+        depend on the shapes only (T*k slots: the unpadded layout, tighter than a per-expert
+        padded one of T*k + E*(block_m - 1)), so the call needs no host read of device data.
+
+    Raises:
+        TypeError / ValueError: bad arguments; ids out of range (on a device: with ``validate``).
     """
     _checks.tensor(ids, "ids", 2, _checks.ID_DTYPES)
     _checks.integer(num_experts, "num_experts", 1)
     _checks.integer(block_m, "block_m", 1)
-    _checks.ids_in_range(ids, num_experts)
+    if _checks.on_host_now(ids, validate):
+        _checks.ids_in_range(ids, num_experts)
     chosen = _backends.select_backend(SPEC, ids.device, ids.dtype, backend)
     return MoEAlignment(*_moe_align_op(ids, num_experts, block_m, chosen))

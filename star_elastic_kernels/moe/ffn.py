@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from star_elastic_kernels import _backends
-from star_elastic_kernels.moe import _checks
+from star_elastic_kernels.moe import _checks, _errors
 from star_elastic_kernels.moe.align import _align_cuda
 from star_elastic_kernels.moe.gemm import CUDA_OPS as GEMM_CUDA_OPS
 from star_elastic_kernels.moe.gemm import _grouped_gemm_cuda, _grouped_gemm_supports
@@ -108,7 +108,7 @@ def _moe_ffn_op(
     if backend == "triton":
         return _triton_ffn().moe_ffn_forward(hidden, w_up, w_down, weights, ids.contiguous(), shared_up,
                                              shared_down, activation, ffn_width, hidden_width,
-                                             shared_width, scaling)
+                                             shared_width, scaling, _errors.device_flag(hidden))
     return reference.moe_ffn(hidden, w_up, w_down, weights, ids, activation=activation,
                              ffn_width=ffn_width, hidden_width=hidden_width, shared_up=shared_up,
                              shared_down=shared_down,
@@ -203,7 +203,8 @@ def _moe_ffn_backward_op(
     if backend in ("triton", "cuda"):  # the cuda backend's backward is the Triton one
         grads = _triton_ffn().moe_ffn_backward(
             grad_out.contiguous(), hidden, w_up, w_down, weights, ids.contiguous(), shared_up,
-            shared_down, activation, ffn_width, hidden_width, shared_width, scaling)
+            shared_down, activation, ffn_width, hidden_width, shared_width, scaling,
+            _errors.device_flag(hidden))
     else:
         grads = _reference_ffn_grads(grad_out, hidden, w_up, w_down, weights, ids, shared_up,
                                      shared_down, activation, ffn_width, hidden_width, shared_width,
@@ -253,6 +254,7 @@ def moe_ffn(
     shared_down: torch.Tensor | None = None,
     shared_width: int | None = None,
     scaling: float = 1.0,
+    validate: bool = False,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Routed expert FFN + optional shared expert at elastic widths, fused (differentiable in
@@ -277,6 +279,11 @@ def moe_ffn(
             (D, Fs). Sees every token with weight 1, not scaled.
         shared_width: s, the first s shared neurons, default Fs.
         scaling: multiplies the routed sum.
+        validate: on device tensors, also check the ids' range on the host before launching (one
+            sync). Without it the cuda and triton kernels check on the device: a slot with an id
+            out of range contributes nothing and sets a flag that
+            :func:`star_elastic_kernels.moe.raise_device_errors` reports. CPU tensors are always
+            checked on the host.
         backend: ``"auto" | "cuda" | "triton" | "torch"`` (see :func:`moe_route`). ``"cuda"``
             composes the CUTLASS sm_90a grouped GEMM (bfloat16; widths and weight row strides
             multiples of 8; auto falls back to Triton otherwise, an explicit request raises) with
@@ -285,6 +292,11 @@ def moe_ffn(
 
     Returns:
         (T, d) in hidden's dtype (fp32 accumulation).
+
+    Raises:
+        TypeError / ValueError: bad shapes, dtypes, devices, widths; ids out of range (on a
+            device: with ``validate``).
+        BackendUnavailableError: an explicitly requested backend cannot run this call.
     """
     if activation not in ("relu2", "silu_glu"):
         raise ValueError(f"activation must be 'relu2' or 'silu_glu', got {activation!r}")
@@ -331,7 +343,8 @@ def moe_ffn(
         raise ValueError("shared_width is given but there is no shared expert")
     if not isinstance(scaling, (int, float)) or isinstance(scaling, bool):
         raise TypeError(f"scaling must be a float, got {type(scaling).__name__}")
-    _checks.ids_in_range(ids, num_experts)
+    if _checks.on_host_now(ids, validate):
+        _checks.ids_in_range(ids, num_experts)
     chosen = _backends.select_backend(SPEC, hidden.device, hidden.dtype, backend)
     if chosen == "cuda":
         reason = _ffn_cutlass_unsupported(hidden, w_up, w_down, shared_up, shared_down, r, d, s)

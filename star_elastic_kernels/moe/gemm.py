@@ -13,8 +13,8 @@ import functools
 
 import torch
 
-from star_elastic_kernels import _backends
-from star_elastic_kernels.moe import _checks
+from star_elastic_kernels import _backends, _extension
+from star_elastic_kernels.moe import _checks, _errors
 from star_elastic_kernels.reference import moe as reference
 
 
@@ -33,8 +33,9 @@ SPEC = _backends.register(_backends.OpSpec(
 
 
 @functools.cache
-def _cutlass_workspace_bytes(num_groups: int, device_index: int) -> int:
-    return int(torch.ops.star_elastic._moe_grouped_gemm_workspace_size(num_groups, device_index))
+def _cutlass_workspace_bytes(num_groups: int) -> int:
+    # a bound for any GPU (up to 256 SMs), computed without a device: usable while tracing
+    return int(torch.ops.star_elastic._moe_grouped_gemm_workspace_size(num_groups))
 
 
 def _cutlass_unsupported(a: torch.Tensor, b: torch.Tensor, trans_b: bool) -> str | None:
@@ -60,10 +61,36 @@ def _grouped_gemm_cuda(a: torch.Tensor, b: torch.Tensor, ends: torch.Tensor) -> 
         return out
     if b.shape[2] == 0:
         return out.zero_()
-    workspace = torch.empty(_cutlass_workspace_bytes(b.shape[0], a.device.index or 0),
-                            dtype=torch.uint8, device=a.device)
-    torch.ops.star_elastic._moe_grouped_gemm(a, b, ends.to(torch.int32).contiguous(), out, workspace)
+    workspace = torch.empty(_cutlass_workspace_bytes(b.shape[0]), dtype=torch.uint8, device=a.device)
+    torch.ops.star_elastic._moe_grouped_gemm(a, b, ends.to(torch.int32).contiguous(), out, workspace,
+                                             _errors.device_flag(a))
     return out
+
+
+def _checked_ends(ends: torch.Tensor, rows: int) -> torch.Tensor:
+    """The Triton path's device-side check of the offsets (no host read): bad ends set the
+    BAD_GROUP_ENDS flag and are clamped into [0, rows] and made non-decreasing, so the kernels
+    never read outside ``a``."""
+    ends = ends.to(torch.int32)
+    if ends.numel() == 0:
+        return ends
+    bad = (ends < 0) | (ends > rows)
+    bad[1:] |= ends[1:] < ends[:-1]
+    bad[-1:] |= ends[-1:] != rows
+    _errors.device_flag(ends).bitwise_or_(bad.any().to(torch.int32) * _errors.BAD_GROUP_ENDS)
+    return torch.cummax(ends.clamp(0, rows), 0).values
+
+
+if _extension.has_op("_moe_grouped_gemm"):
+    @torch.library.register_fake("star_elastic::_moe_grouped_gemm")
+    def _(a, b, group_ends, out, workspace, error_flag):
+        _checks.fake_expect(a.dim() == 2 and b.dim() == 3 and out.shape == (a.shape[0], b.shape[1])
+                            and a.shape[1] == b.shape[2], "_moe_grouped_gemm",
+                            "a (M, K), b (G, N, K), out (M, N)")
+        _checks.fake_expect(group_ends.shape == (b.shape[0],) and group_ends.dtype == torch.int32,
+                            "_moe_grouped_gemm", "group_ends int32 (G,)")
+        _checks.fake_expect(workspace.numel() >= _cutlass_workspace_bytes(b.shape[0]),
+                            "_moe_grouped_gemm", "workspace too small")
 
 
 def _triton_gemm():
@@ -82,7 +109,7 @@ def _grouped_gemm_op(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor, tr
             return _grouped_gemm_cuda(a, b, offsets)
         backend = "triton"
     if backend == "triton":
-        return _triton_gemm().grouped_gemm(a, b, offsets, trans_b)
+        return _triton_gemm().grouped_gemm(a, b, _checked_ends(offsets, a.shape[0]), trans_b)
     return reference.grouped_gemm(a, b, offsets, trans_b)
 
 
@@ -97,7 +124,7 @@ def _grouped_wgrad_op(x: torch.Tensor, y: torch.Tensor, offsets: torch.Tensor, n
     """(G, X, Y): per group g, x[rows of g]^T @ y[rows of g] (the weight gradient); the cuda
     backend uses the Triton kernel here."""
     if backend in ("triton", "cuda"):
-        return _triton_gemm().grouped_wgrad(x, y, offsets, num_groups)
+        return _triton_gemm().grouped_wgrad(x, y, _checked_ends(offsets, x.shape[0]), num_groups)
     out = x.new_zeros(num_groups, x.shape[1], y.shape[1])
     start = 0
     for group, end in enumerate(offsets.tolist()):
@@ -135,7 +162,7 @@ _grouped_gemm_op.register_autograd(_gemm_backward, setup_context=_gemm_setup)
 
 
 def grouped_gemm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor, *, trans_b: bool = True,
-                 backend: str | None = None) -> torch.Tensor:
+                 validate: bool = False, backend: str | None = None) -> torch.Tensor:
     """One matmul per expert over consecutive row groups (differentiable in ``a`` and ``b``).
 
     Args:
@@ -147,6 +174,11 @@ def grouped_gemm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor, *, tra
             group g owns rows ``offsets[g-1]:offsets[g]``; non-decreasing, ``offsets[-1] == M``.
             An empty group costs nothing.
         trans_b: layout of b, see above.
+        validate: on device tensors, also check the offsets on the host before launching (one
+            sync). Without it the cuda and triton kernels check them on the device: bad ends are
+            clamped into [0, M] (never read out of bounds) and set a flag that
+            :func:`star_elastic_kernels.moe.raise_device_errors` reports. CPU tensors are always
+            checked on the host.
         backend: ``"auto" | "cuda" | "triton" | "torch"`` (see :func:`moe_route`). ``"cuda"`` is
             the CUTLASS sm_90a pointer-array grouped GEMM: bfloat16, ``trans_b=True``, unit inner
             strides, N, K and row strides multiples of 8 (auto falls back to Triton otherwise;
@@ -154,6 +186,11 @@ def grouped_gemm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor, *, tra
 
     Returns:
         (M, N) in a's dtype (fp32 accumulation).
+
+    Raises:
+        TypeError / ValueError: bad shapes, dtypes or devices; bad offsets (on a device: with
+            ``validate``).
+        BackendUnavailableError: an explicitly requested backend cannot run this call.
     """
     _checks.tensor(a, "a", 2, _checks.FLOAT_DTYPES)
     _checks.tensor(b, "b", 3, _checks.FLOAT_DTYPES)
@@ -162,20 +199,20 @@ def grouped_gemm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor, *, tra
         raise TypeError(f"b must have a's dtype {a.dtype}, got {b.dtype}")
     _checks.same_device(b, "b", a, "a")
     _checks.same_device(offsets, "offsets", a, "a")
-    if not isinstance(trans_b, bool):
-        raise TypeError(f"trans_b must be a bool, got {type(trans_b).__name__}")
+    _checks.boolean(trans_b, "trans_b")
+    _checks.boolean(validate, "validate")
     k = b.shape[2] if trans_b else b.shape[1]
     if a.shape[1] != k:
         raise ValueError(f"a has K={a.shape[1]} columns but b {tuple(b.shape)} (trans_b={trans_b}) "
                          f"has K={k}")
     if offsets.shape[0] != b.shape[0]:
         raise ValueError(f"offsets must have one entry per group ({b.shape[0]}), got {offsets.shape[0]}")
-    if not torch.compiler.is_compiling() and offsets.numel():
+    if offsets.numel() and _checks.on_host_now(offsets, validate):
         ends = offsets.tolist()
         if any(e < s for s, e in zip([0] + ends[:-1], ends)) or ends[-1] != a.shape[0]:
             raise ValueError(f"offsets must be non-decreasing cumulative end rows ending at "
                              f"M={a.shape[0]}, got {ends[:8]}{'...' if len(ends) > 8 else ''}")
-    elif offsets.numel() == 0 and a.shape[0] != 0:
+    if offsets.numel() == 0 and a.shape[0] != 0:
         raise ValueError("offsets is empty (no groups) but a has rows")
     chosen = _backends.select_backend(SPEC, a.device, a.dtype, backend)
     if chosen == "cuda":

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from star_elastic_kernels import _backends
-from star_elastic_kernels.moe import _checks
+from star_elastic_kernels import _backends, _extension
+from star_elastic_kernels.moe import _checks, _errors
 from star_elastic_kernels.reference import moe as reference
 
 
@@ -37,9 +37,20 @@ def _route_cuda(logits: torch.Tensor, correction_bias: torch.Tensor | None,
     ids = torch.empty(num_tokens, top_k, dtype=torch.int32, device=logits.device)
     bias = None if correction_bias is None else correction_bias[:num_columns].float().contiguous()
     mask = None if expert_mask is None else expert_mask[:num_columns].contiguous()
-    torch.ops.star_elastic._moe_route(logits, bias, mask, weights, ids, num_prefix, softmax,
-                                      renormalize, float(scaling))
+    torch.ops.star_elastic._moe_route(logits, bias, mask, weights, ids, _errors.device_flag(logits),
+                                      num_prefix, softmax, renormalize, float(scaling))
     return weights, ids
+
+
+if _extension.has_op("_moe_route"):
+    @torch.library.register_fake("star_elastic::_moe_route")
+    def _(logits, bias, mask, weights, ids, error_flag, num_prefix, softmax, renormalize, scaling):
+        tokens = logits.shape[0]
+        _checks.fake_expect(logits.dim() == 2 and weights.dim() == 2 and weights.shape[0] == tokens
+                            and weights.dtype == torch.float32, "_moe_route",
+                            "logits (T, E), weights float32 (T, k)")
+        _checks.fake_expect(ids.shape == weights.shape and ids.dtype == torch.int32, "_moe_route",
+                            "ids int32 shaped like weights")
 
 
 def _triton_route():
@@ -59,7 +70,8 @@ def _moe_route_op(
                            renormalize, scaling)
     if backend == "triton":
         return _triton_route().moe_route(
-            logits, correction_bias, expert_mask, top_k, score == "softmax", prefix, renormalize, scaling)
+            logits, correction_bias, expert_mask, top_k, score == "softmax", prefix, renormalize,
+            scaling, _errors.device_flag(logits))
     weights, ids = reference.moe_route(
         logits, top_k=top_k, score=score, correction_bias=correction_bias,
         num_experts=None if num_experts < 0 else num_experts, expert_mask=expert_mask,
@@ -120,6 +132,7 @@ def moe_route(
     expert_mask: torch.Tensor | None = None,
     renormalize: bool = True,
     scaling: float = 1.0,
+    validate: bool = False,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k expert routing with Nemotron v3 semantics (differentiable in ``logits``).
@@ -136,6 +149,11 @@ def moe_route(
         expert_mask: (E,) bool, the general form (True = may be chosen). Not with ``num_experts``.
         renormalize: divide the k chosen scores by their sum (+1e-20).
         scaling: multiplies the weights (Nemotron's routed scaling factor, 2.5).
+        validate: on device tensors, also count the active experts of ``expert_mask`` on the host
+            before launching (one sync). Without it the kernel checks on the device: picks that
+            find no active expert get id 0 with weight 0 and set a flag that
+            :func:`star_elastic_kernels.moe.raise_device_errors` reports. CPU tensors are always
+            checked on the host.
         backend: ``"auto" | "cuda" | "triton" | "torch"``; default from :func:`use_backend` or
             ``$STAR_ELASTIC_BACKEND``, else auto. ``"cuda"`` is csrc/moe/route.cu (float32,
             float16 or bfloat16 logits; one thread per token).
@@ -146,7 +164,7 @@ def moe_route(
 
     Raises:
         TypeError / ValueError: bad shapes, dtypes, devices or values, ``top_k`` larger than the
-            active experts (counting a mask's experts needs one device sync; skipped when compiling).
+            active experts (for a mask on a device: only with ``validate=True``, see above).
         BackendUnavailableError: an explicitly requested backend cannot run this call.
     """
     _checks.tensor(logits, "logits", 2, _checks.FLOAT_DTYPES)
@@ -171,15 +189,15 @@ def moe_route(
                          + (f" or num_experts={num_experts}" if num_experts is not None else ""))
     _checks.integer(top_k, "top_k", 1)
     if expert_mask is not None:
-        active = None if torch.compiler.is_compiling() else int(expert_mask.sum())
+        active = int(expert_mask.sum()) if _checks.on_host_now(expert_mask, validate) else None
     else:
         active = parent if num_experts is None else num_experts
     if active is not None and top_k > active:
         raise ValueError(f"top_k={top_k} is larger than the {active} active experts")
     if not isinstance(scaling, (int, float)) or isinstance(scaling, bool):
         raise TypeError(f"scaling must be a float, got {type(scaling).__name__}")
-    if not isinstance(renormalize, bool):
-        raise TypeError(f"renormalize must be a bool, got {type(renormalize).__name__}")
+    _checks.boolean(renormalize, "renormalize")
+    _checks.boolean(validate, "validate")
     chosen = _backends.select_backend(SPEC, logits.device, logits.dtype, backend)
     return _moe_route_op(logits, correction_bias, expert_mask, top_k, score,
                          -1 if num_experts is None else num_experts, renormalize, float(scaling), chosen)
