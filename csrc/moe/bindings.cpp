@@ -12,7 +12,8 @@
 #include <torch/library.h>
 
 #include "moe/align.h"
-#include "moe/ffn_elementwise.h"
+#include "moe/ffn.h"
+#include "moe/gemm_tables.h"
 #include "moe/grouped_gemm.h"
 #include "moe/route.h"
 
@@ -30,46 +31,87 @@ int32_t* error_flag_ptr(at::Tensor& flag, const at::Tensor& like, const char* wh
   return flag.data_ptr<int32_t>();
 }
 
+// A bf16 matrix with unit column stride on `like`'s device (its raw 16-bit patterns).
+uint16_t* bf16_rows(const at::Tensor& t, const at::Tensor& like, const char* what) {
+  TORCH_CHECK(t.scalar_type() == at::kBFloat16 && t.dim() == 2 &&
+                  (t.size(1) <= 1 || t.stride(1) == 1) && t.device() == like.device(),
+              what, " must be a 2-D bfloat16 tensor with unit column stride on the same device");
+  return static_cast<uint16_t*>(t.data_ptr());
+}
+
+void* workspace_ptr(at::Tensor& workspace, size_t bytes, const at::Tensor& like, const char* what) {
+  TORCH_CHECK(workspace.is_contiguous() && workspace.device() == like.device() &&
+                  static_cast<size_t>(workspace.numel() * workspace.element_size()) >= bytes,
+              what, ": workspace must be contiguous, on the inputs' device, of >= ", bytes, " bytes");
+  return workspace.data_ptr();
+}
+
+moe::GemmSchedule schedule_of(int64_t schedule) {
+  TORCH_CHECK(schedule >= 0 && schedule <= 2, "schedule must be 0 (cooperative 128x128), "
+              "1 (pingpong 64x128) or 2 (swap-AB 64x32), got ", schedule);
+  return static_cast<moe::GemmSchedule>(schedule);
+}
+
+// ---- grouped_gemm: tables from the group ends, then the CUTLASS GEMM ------------------------------
+
 int64_t moe_grouped_gemm_workspace_size(int64_t num_groups) {
   return static_cast<int64_t>(moe::grouped_gemm_bf16_workspace_size(static_cast<int>(num_groups)));
 }
 
-void moe_grouped_gemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& group_ends,
-                           at::Tensor& out, at::Tensor& workspace, at::Tensor& error_flag) {
-  TORCH_CHECK(a.is_cuda() && b.is_cuda() && group_ends.is_cuda() && out.is_cuda() &&
-                  workspace.is_cuda(),
-              "_moe_grouped_gemm: every tensor must be on the GPU");
-  TORCH_CHECK(a.scalar_type() == at::kBFloat16 && b.scalar_type() == at::kBFloat16 &&
-                  out.scalar_type() == at::kBFloat16,
-              "_moe_grouped_gemm: a, b and out must be bfloat16");
-  TORCH_CHECK(a.dim() == 2 && b.dim() == 3 && out.dim() == 2, "_moe_grouped_gemm: a (M, K), b (G, N, K), out (M, N)");
+bool moe_gemm_table_layouts_match() { return moe::grouped_gemm_table_layouts_match(); }
+
+moe::TablesFromEnds moe_grouped_gemm_params(const at::Tensor& a, const at::Tensor& b,
+                                            const at::Tensor& group_ends, at::Tensor& out,
+                                            at::Tensor& error_flag) {
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 3 && out.dim() == 2,
+              "_moe_grouped_gemm: a (M, K), b (G, N, K), out (M, N)");
   TORCH_CHECK(a.size(1) == b.size(2) && out.size(0) == a.size(0) && out.size(1) == b.size(1),
               "_moe_grouped_gemm: shapes disagree");
-  TORCH_CHECK(a.stride(1) == 1 && b.stride(2) == 1 && out.stride(1) == 1,
-              "_moe_grouped_gemm: a, b and out need unit inner strides");
+  TORCH_CHECK(b.scalar_type() == at::kBFloat16 && b.stride(2) == 1 && b.device() == a.device(),
+              "_moe_grouped_gemm: b must be bfloat16 with unit inner stride on a's device");
   TORCH_CHECK(group_ends.scalar_type() == at::kInt && group_ends.is_contiguous() &&
-                  group_ends.numel() == b.size(0),
+                  group_ends.numel() == b.size(0) && group_ends.device() == a.device(),
               "_moe_grouped_gemm: group_ends must be a contiguous int32 tensor with one entry per group");
-  TORCH_CHECK(workspace.is_contiguous(), "_moe_grouped_gemm: workspace must be contiguous");
+  moe::TablesFromEnds p{};
+  p.a = bf16_rows(a, a, "_moe_grouped_gemm: a");
+  p.lda = a.stride(0);
+  p.b = b.data_ptr();
+  p.stride_bg = b.stride(0);
+  p.ldb = b.stride(1);
+  p.d = bf16_rows(out, a, "_moe_grouped_gemm: out");
+  p.ldd = out.stride(0);
+  p.group_ends = group_ends.data_ptr<int32_t>();
+  p.error_flag = error_flag_ptr(error_flag, a, "_moe_grouped_gemm");
+  p.num_groups = static_cast<int>(b.size(0));
+  p.m = a.size(0);
+  p.n = b.size(1);
+  p.k = b.size(2);
+  return p;
+}
+
+void moe_grouped_gemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& group_ends,
+                           at::Tensor& out, at::Tensor& workspace, at::Tensor& error_flag,
+                           int64_t schedule) {
+  TORCH_CHECK(a.is_cuda(), "_moe_grouped_gemm: a must be a CUDA tensor");
+  const auto p = moe_grouped_gemm_params(a, b, group_ends, out, error_flag);
+  const size_t bytes = moe::grouped_gemm_bf16_workspace_size(p.num_groups);
+  void* ws = workspace_ptr(workspace, bytes, a, "_moe_grouped_gemm");
   const c10::cuda::CUDAGuard guard(a.device());
-  moe::GroupedGemmArgs args{};
-  args.a = a.data_ptr();
-  args.lda = a.stride(0);
-  args.b = b.data_ptr();
-  args.stride_bg = b.stride(0);
-  args.ldb = b.stride(1);
-  args.d = out.data_ptr();
-  args.ldd = out.stride(0);
-  args.group_ends = group_ends.data_ptr<int32_t>();
-  args.error_flag = error_flag_ptr(error_flag, a, "_moe_grouped_gemm");
-  args.num_groups = static_cast<int>(b.size(0));
-  args.m = a.size(0);
-  args.n = b.size(1);
-  args.k = b.size(2);
   throw_on_cuda_error(
-      moe::grouped_gemm_bf16(args, workspace.data_ptr(), static_cast<size_t>(workspace.numel()),
-                             a.get_device(), c10::cuda::getCurrentCUDAStream(a.get_device()).stream()),
+      moe::grouped_gemm_bf16(p, schedule_of(schedule), ws, bytes, a.get_device(),
+                             c10::cuda::getCurrentCUDAStream(a.get_device()).stream()),
       "_moe_grouped_gemm (CUTLASS sm_90a grouped GEMM; needs 16-byte aligned rows)");
+}
+
+// CPU impl: the table kernel's per-thread code and the reference MMA with the kernels' epilogue.
+void moe_grouped_gemm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& group_ends,
+                          at::Tensor& out, at::Tensor& workspace, at::Tensor& error_flag,
+                          int64_t schedule) {
+  TORCH_CHECK(a.is_cpu(), "_moe_grouped_gemm (CPU): a must be a CPU tensor");
+  const auto p = moe_grouped_gemm_params(a, b, group_ends, out, error_flag);
+  void* ws = workspace_ptr(workspace, moe::grouped_gemm_bf16_workspace_size(p.num_groups), a,
+                           "_moe_grouped_gemm");
+  moe::grouped_gemm_bf16_host(p, ws, schedule_of(schedule) == moe::GemmSchedule::kSwapAB64x32);
 }
 
 // Routing and alignment: the same argument unpacking for the CUDA kernels and for their CPU
@@ -204,143 +246,254 @@ void moe_align_cpu(const at::Tensor& ids, at::Tensor& workspace, at::Tensor& sor
                                    block_offsets, error_flag, block_m));
 }
 
-// moe_ffn's elementwise steps (bf16) around the grouped GEMMs; CUDA kernels and CPU impls that
-// run their per-thread functions sequentially (moe/ffn_elementwise.h).
+// ---- moe_ffn: plan, gather, grouped GEMMs over the plan's tables, combine (moe/ffn.h) -------------
 
-const uint16_t* bf16_rows(const at::Tensor& t, const at::Tensor& like, const char* what) {
-  TORCH_CHECK(t.scalar_type() == at::kBFloat16 && t.dim() == 2 && (t.size(1) <= 1 || t.stride(1) == 1) &&
-                  t.device() == like.device(),
-              what, " must be a 2-D bfloat16 tensor with unit column stride on the same device");
-  return static_cast<const uint16_t*>(t.data_ptr());
+int64_t moe_ffn_workspace_size(int64_t num_slots, int64_t num_experts, int64_t num_groups) {
+  return static_cast<int64_t>(
+      moe::ffn_workspace_bytes(num_slots, num_experts, static_cast<int>(num_groups)));
 }
 
-moe::GatherParams moe_gather_params(const at::Tensor& x, const at::Tensor& sorted_slots,
-                                    int64_t top_k, at::Tensor& out) {
-  TORCH_CHECK(sorted_slots.scalar_type() == at::kInt && sorted_slots.is_contiguous() &&
-                  sorted_slots.numel() == out.size(0) && sorted_slots.device() == x.device(),
-              "_moe_gather_rows: sorted_slots must be contiguous int32 with one entry per out row");
-  TORCH_CHECK(top_k >= 1 && out.size(1) == x.size(1), "_moe_gather_rows: top_k >= 1, out (P, d)");
-  moe::GatherParams p{};
-  p.x = bf16_rows(x, x, "_moe_gather_rows: x");
-  p.x_stride = x.stride(0);
-  p.sorted_slots = sorted_slots.data_ptr<int32_t>();
-  p.top_k = top_k;
-  p.out = const_cast<uint16_t*>(bf16_rows(out, x, "_moe_gather_rows: out"));
-  p.out_stride = out.stride(0);
-  p.rows = out.size(0);
-  p.cols = out.size(1);
+// The fields every moe_ffn step shares: routing, workspace, the gathered rows.
+moe::FfnPlanParams ffn_base_params(const at::Tensor& ids, const at::Tensor& hidden, at::Tensor& x,
+                                   at::Tensor& inverse, at::Tensor& workspace, int64_t num_experts,
+                                   int64_t num_groups, bool swap_ab, const char* what) {
+  TORCH_CHECK(ids.dim() == 2 && ids.is_contiguous() &&
+                  (ids.scalar_type() == at::kInt || ids.scalar_type() == at::kLong) &&
+                  ids.device() == hidden.device(),
+              what, ": ids must be a contiguous int32/int64 (T, k) tensor on hidden's device");
+  TORCH_CHECK(ids.numel() < INT32_MAX, what, ": too many slots for int32 rows");
+  TORCH_CHECK(num_experts >= 1 && (num_groups == num_experts || num_groups == num_experts + 1),
+              what, ": num_groups must be E or E + 1 (shared expert)");
+  const int64_t tokens = ids.size(0), slots = ids.numel();
+  const bool shared = num_groups > num_experts;
+  TORCH_CHECK(hidden.size(0) == tokens, what, ": hidden (T, d) and ids (T, k) disagree on T");
+  TORCH_CHECK(x.size(0) == slots + (shared ? tokens : 0) && x.size(1) >= hidden.size(1) &&
+                  x.stride(0) % 8 == 0,
+              what, ": x must be (T*k (+ T), >= d) with a row stride that is a multiple of 8");
+  TORCH_CHECK(inverse.scalar_type() == at::kInt && inverse.is_contiguous() &&
+                  inverse.numel() == slots && inverse.device() == hidden.device(),
+              what, ": inverse must be a contiguous int32 (T*k,) tensor");
+  moe::FfnPlanParams p{};
+  p.ids = ids.data_ptr();
+  p.ids_int64 = ids.scalar_type() == at::kLong;
+  p.num_tokens = tokens;
+  p.top_k = ids.size(1);
+  p.num_experts = num_experts;
+  p.groups = static_cast<int>(num_groups);
+  p.ws = moe::carve_ffn_workspace(
+      workspace_ptr(workspace, moe::ffn_workspace_bytes(slots, num_experts, p.groups), hidden, what),
+      slots, num_experts, p.groups, swap_ab);
+  p.hidden = bf16_rows(hidden, hidden, "moe_ffn: hidden");
+  p.ld_hidden = hidden.stride(0);
+  p.x = bf16_rows(x, hidden, "moe_ffn: x");
+  p.ldx = x.stride(0);
+  p.inverse = inverse.data_ptr<int32_t>();
+  p.d = hidden.size(1);
   return p;
 }
 
-moe::ActivationParams moe_activation_params(const at::Tensor& gate,
-                                            const std::optional<at::Tensor>& value, at::Tensor& out) {
-  TORCH_CHECK(out.sizes() == gate.sizes() && (!value.has_value() || value->sizes() == gate.sizes()),
-              "_moe_activation: gate, value and out must have one shape");
-  moe::ActivationParams p{};
-  p.gate = bf16_rows(gate, gate, "_moe_activation: gate");
-  p.gate_stride = gate.stride(0);
-  if (value.has_value()) {
-    p.value = bf16_rows(*value, gate, "_moe_activation: value");
-    p.value_stride = value->stride(0);
+moe::FfnPlanParams ffn_plan_params(const at::Tensor& ids, const at::Tensor& hidden,
+                                   const at::Tensor& w_up, const at::Tensor& w_down,
+                                   const std::optional<at::Tensor>& shared_up,
+                                   const std::optional<at::Tensor>& shared_down, at::Tensor& x,
+                                   std::optional<at::Tensor>& gate, at::Tensor& h, at::Tensor& y,
+                                   at::Tensor& inverse, at::Tensor& workspace,
+                                   at::Tensor& error_flag, int64_t r, int64_t s, bool swap_ab) {
+  const char* what = "_moe_ffn_plan";
+  TORCH_CHECK(w_up.dim() == 3 && w_down.dim() == 3 && w_up.size(0) == w_down.size(0) &&
+                  w_up.scalar_type() == at::kBFloat16 && w_down.scalar_type() == at::kBFloat16 &&
+                  w_up.stride(2) == 1 && w_down.stride(2) == 1,
+              what, ": w_up (E, F|2F, D) and w_down (E, D, F), bfloat16, unit inner stride");
+  TORCH_CHECK(shared_up.has_value() == shared_down.has_value(), what,
+              ": shared_up and shared_down go together");
+  const int64_t experts = w_up.size(0);
+  auto p = ffn_base_params(ids, hidden, x, inverse, workspace, experts,
+                           experts + (shared_up.has_value() ? 1 : 0), swap_ab, what);
+  p.glu = gate.has_value();
+  const int64_t width = shared_up.has_value() && s > r ? s : r;
+  TORCH_CHECK(r >= 1 && r <= w_down.size(2) && p.d <= w_down.size(1) && h.size(0) == x.size(0) &&
+                  h.size(1) >= width && h.stride(0) % 8 == 0 && y.size(0) == x.size(0) &&
+                  y.size(1) >= p.d && y.stride(0) % 8 == 0,
+              what, ": h (rows, >= max(r, s)) and y (rows, >= d) with row strides multiples of 8");
+  p.error_flag = error_flag_ptr(error_flag, hidden, what);
+  p.h = bf16_rows(h, hidden, "_moe_ffn_plan: h");
+  p.ldh = h.stride(0);
+  p.y = bf16_rows(y, hidden, "_moe_ffn_plan: y");
+  p.ldy = y.stride(0);
+  if (p.glu) {
+    TORCH_CHECK(gate->sizes() == h.sizes() && gate->stride(0) == h.stride(0), what,
+                ": gate must be shaped and strided like h");
+    p.gate = bf16_rows(*gate, hidden, "_moe_ffn_plan: gate");
   }
-  p.out = const_cast<uint16_t*>(bf16_rows(out, gate, "_moe_activation: out"));
-  p.out_stride = out.stride(0);
-  p.rows = gate.size(0);
-  p.cols = gate.size(1);
+  p.w_up = static_cast<const uint16_t*>(w_up.data_ptr());
+  p.up_stride_e = w_up.stride(0);
+  p.up_ld = w_up.stride(1);
+  p.up_value_offset = p.glu ? w_up.size(1) / 2 * w_up.stride(1) : 0;
+  p.w_down = static_cast<const uint16_t*>(w_down.data_ptr());
+  p.down_stride_e = w_down.stride(0);
+  p.down_ld = w_down.stride(1);
+  if (shared_up.has_value()) {
+    TORCH_CHECK(shared_up->dim() == 2 && shared_down->dim() == 2 && shared_up->stride(1) == 1 &&
+                    shared_down->stride(1) == 1 && shared_up->scalar_type() == at::kBFloat16 &&
+                    shared_down->scalar_type() == at::kBFloat16 && s >= 1 &&
+                    s <= shared_down->size(1),
+                what, ": shared_up (Fs|2Fs, D), shared_down (D, Fs), bfloat16, unit inner stride");
+    p.shared_up = static_cast<const uint16_t*>(shared_up->data_ptr());
+    p.shared_up_ld = shared_up->stride(0);
+    p.shared_value_offset = p.glu ? shared_up->size(0) / 2 * shared_up->stride(0) : 0;
+    p.shared_down = static_cast<const uint16_t*>(shared_down->data_ptr());
+    p.shared_down_ld = shared_down->stride(0);
+  }
+  p.r = r;
+  p.s = s;
   return p;
 }
 
-moe::CombineParams moe_combine_params(const at::Tensor& y, const at::Tensor& sorted_slots,
-                                      const at::Tensor& weights,
-                                      const std::optional<at::Tensor>& shared, at::Tensor& inverse,
-                                      at::Tensor& out, double scaling) {
+void moe_ffn_plan_cuda(const at::Tensor& ids, const at::Tensor& hidden, const at::Tensor& w_up,
+                       const at::Tensor& w_down, const std::optional<at::Tensor>& shared_up,
+                       const std::optional<at::Tensor>& shared_down, at::Tensor& x,
+                       std::optional<at::Tensor> gate, at::Tensor& h, at::Tensor& y,
+                       at::Tensor& inverse, at::Tensor& workspace, at::Tensor& error_flag, int64_t r,
+                       int64_t s, bool swap_ab) {
+  TORCH_CHECK(hidden.is_cuda(), "_moe_ffn_plan: hidden must be a CUDA tensor");
+  const auto p = ffn_plan_params(ids, hidden, w_up, w_down, shared_up, shared_down, x, gate, h, y,
+                                 inverse, workspace, error_flag, r, s, swap_ab);
+  const c10::cuda::CUDAGuard guard(hidden.device());
+  throw_on_cuda_error(
+      moe::ffn_plan_cuda(p, c10::cuda::getCurrentCUDAStream(hidden.get_device()).stream()),
+      "_moe_ffn_plan");
+}
+
+void moe_ffn_plan_cpu(const at::Tensor& ids, const at::Tensor& hidden, const at::Tensor& w_up,
+                      const at::Tensor& w_down, const std::optional<at::Tensor>& shared_up,
+                      const std::optional<at::Tensor>& shared_down, at::Tensor& x,
+                      std::optional<at::Tensor> gate, at::Tensor& h, at::Tensor& y,
+                      at::Tensor& inverse, at::Tensor& workspace, at::Tensor& error_flag, int64_t r,
+                      int64_t s, bool swap_ab) {
+  TORCH_CHECK(hidden.is_cpu(), "_moe_ffn_plan (CPU): hidden must be a CPU tensor");
+  moe::ffn_plan_host(ffn_plan_params(ids, hidden, w_up, w_down, shared_up, shared_down, x, gate, h,
+                                     y, inverse, workspace, error_flag, r, s, swap_ab));
+}
+
+void moe_ffn_gather_cuda(const at::Tensor& ids, const at::Tensor& hidden, at::Tensor& x,
+                         at::Tensor& inverse, at::Tensor& workspace, int64_t num_experts,
+                         int64_t num_groups) {
+  TORCH_CHECK(hidden.is_cuda(), "_moe_ffn_gather: hidden must be a CUDA tensor");
+  const auto p = ffn_base_params(ids, hidden, x, inverse, workspace, num_experts, num_groups, false,
+                                 "_moe_ffn_gather");
+  const c10::cuda::CUDAGuard guard(hidden.device());
+  throw_on_cuda_error(
+      moe::ffn_gather_cuda(p, c10::cuda::getCurrentCUDAStream(hidden.get_device()).stream()),
+      "_moe_ffn_gather");
+}
+
+void moe_ffn_gather_cpu(const at::Tensor& ids, const at::Tensor& hidden, at::Tensor& x,
+                        at::Tensor& inverse, at::Tensor& workspace, int64_t num_experts,
+                        int64_t num_groups) {
+  TORCH_CHECK(hidden.is_cpu(), "_moe_ffn_gather (CPU): hidden must be a CPU tensor");
+  moe::ffn_gather_host(ffn_base_params(ids, hidden, x, inverse, workspace, num_experts, num_groups,
+                                       false, "_moe_ffn_gather"));
+}
+
+// The GEMM over one of the plan's tables; `out` is the buffer those tables write (h, g or y).
+moe::FfnWorkspace ffn_gemm_workspace(at::Tensor& workspace, const at::Tensor& out,
+                                     int64_t num_slots, int64_t num_experts, int64_t num_groups,
+                                     int64_t table, int64_t schedule) {
+  TORCH_CHECK(table >= 0 && table <= 2, "_moe_ffn_gemm: table must be 0 (up), 1 (value), 2 (down)");
+  TORCH_CHECK(out.scalar_type() == at::kBFloat16 && out.device() == workspace.device(),
+              "_moe_ffn_gemm: out must be bfloat16 on the workspace's device");
+  const int groups = static_cast<int>(num_groups);
+  return moe::carve_ffn_workspace(
+      workspace_ptr(workspace, moe::ffn_workspace_bytes(num_slots, num_experts, groups), out,
+                    "_moe_ffn_gemm"),
+      num_slots, num_experts, groups, schedule_of(schedule) == moe::GemmSchedule::kSwapAB64x32);
+}
+
+moe::GemmEpilogue epilogue_of(int64_t epilogue) {
+  TORCH_CHECK(epilogue >= 0 && epilogue <= 2, "epilogue must be 0 (identity), 1 (relu^2) or "
+              "2 (silu(C) * acc), got ", epilogue);
+  return static_cast<moe::GemmEpilogue>(epilogue);
+}
+
+void moe_ffn_gemm_cuda(at::Tensor& workspace, at::Tensor& out, int64_t num_slots,
+                       int64_t num_experts, int64_t num_groups, int64_t table, int64_t epilogue,
+                       int64_t schedule) {
+  TORCH_CHECK(out.is_cuda(), "_moe_ffn_gemm: out must be a CUDA tensor");
+  const auto ws = ffn_gemm_workspace(workspace, out, num_slots, num_experts, num_groups, table,
+                                     schedule);
+  const c10::cuda::CUDAGuard guard(out.device());
+  throw_on_cuda_error(
+      moe::grouped_gemm_run(ws.tables[table], static_cast<int>(num_groups), epilogue_of(epilogue),
+                            schedule_of(schedule), ws.cutlass, ws.cutlass_bytes, out.get_device(),
+                            c10::cuda::getCurrentCUDAStream(out.get_device()).stream()),
+      "_moe_ffn_gemm (CUTLASS sm_90a grouped GEMM)");
+}
+
+// CPU impl: the reference MMA over the plan's tables with the kernels' epilogue functions.
+void moe_ffn_gemm_cpu(at::Tensor& workspace, at::Tensor& out, int64_t num_slots,
+                      int64_t num_experts, int64_t num_groups, int64_t table, int64_t epilogue,
+                      int64_t schedule) {
+  TORCH_CHECK(out.is_cpu(), "_moe_ffn_gemm (CPU): out must be a CPU tensor");
+  const auto ws = ffn_gemm_workspace(workspace, out, num_slots, num_experts, num_groups, table,
+                                     schedule);
+  moe::grouped_gemm_tables_host(ws.tables[table], static_cast<int>(num_groups),
+                                epilogue_of(epilogue));
+}
+
+moe::FfnCombineParams ffn_combine_params(const at::Tensor& y, const at::Tensor& inverse,
+                                         const at::Tensor& weights, at::Tensor& out, bool shared,
+                                         double scaling) {
   TORCH_CHECK(weights.scalar_type() == at::kFloat && weights.is_contiguous() && weights.dim() == 2 &&
                   weights.size(0) == out.size(0) && weights.device() == y.device(),
-              "_moe_combine: weights must be a contiguous float32 (T, k) tensor");
-  const int64_t slots = weights.numel();
-  for (const at::Tensor* t : {&sorted_slots, static_cast<const at::Tensor*>(&inverse)}) {
-    TORCH_CHECK(t->scalar_type() == at::kInt && t->is_contiguous() && t->numel() == slots &&
-                    t->device() == y.device(),
-                "_moe_combine: sorted_slots and inverse must be contiguous int32 (T*k,)");
-  }
-  TORCH_CHECK(y.size(0) == slots && y.size(1) == out.size(1), "_moe_combine: y (T*k, d), out (T, d)");
-  moe::CombineParams p{};
-  p.y = bf16_rows(y, y, "_moe_combine: y");
-  p.y_stride = y.stride(0);
-  p.sorted_slots = sorted_slots.data_ptr<int32_t>();
+              "_moe_ffn_combine: weights must be a contiguous float32 (T, k) tensor");
+  const int64_t tokens = weights.size(0), slots = weights.numel();
+  TORCH_CHECK(inverse.scalar_type() == at::kInt && inverse.is_contiguous() &&
+                  inverse.numel() == slots && inverse.device() == y.device(),
+              "_moe_ffn_combine: inverse must be contiguous int32 (T*k,)");
+  TORCH_CHECK(y.size(0) == slots + (shared ? tokens : 0) && y.size(1) >= out.size(1),
+              "_moe_ffn_combine: y (T*k (+ T), >= d), out (T, d)");
+  moe::FfnCombineParams p{};
+  p.y = bf16_rows(y, y, "_moe_ffn_combine: y");
+  p.ldy = y.stride(0);
   p.inverse = inverse.data_ptr<int32_t>();
   p.weights = weights.data_ptr<float>();
-  if (shared.has_value()) {
-    TORCH_CHECK(shared->sizes() == out.sizes(), "_moe_combine: shared must be (T, d)");
-    p.shared = bf16_rows(*shared, y, "_moe_combine: shared");
-    p.shared_stride = shared->stride(0);
-  }
-  p.out = const_cast<uint16_t*>(bf16_rows(out, y, "_moe_combine: out"));
-  p.out_stride = out.stride(0);
-  p.tokens = weights.size(0);
+  p.shared = shared;
+  p.out = bf16_rows(out, y, "_moe_ffn_combine: out");
+  p.ld_out = out.stride(0);
+  p.tokens = tokens;
   p.top_k = weights.size(1);
   p.cols = out.size(1);
   p.scaling = static_cast<float>(scaling);
   return p;
 }
 
-void moe_gather_rows_cuda(const at::Tensor& x, const at::Tensor& sorted_slots, int64_t top_k,
-                          at::Tensor& out) {
-  TORCH_CHECK(x.is_cuda(), "_moe_gather_rows: x must be a CUDA tensor");
-  const auto p = moe_gather_params(x, sorted_slots, top_k, out);
-  const c10::cuda::CUDAGuard guard(x.device());
-  throw_on_cuda_error(
-      moe::gather_rows_cuda(p, c10::cuda::getCurrentCUDAStream(x.get_device()).stream()),
-      "_moe_gather_rows");
-}
-
-void moe_gather_rows_cpu(const at::Tensor& x, const at::Tensor& sorted_slots, int64_t top_k,
-                         at::Tensor& out) {
-  TORCH_CHECK(x.is_cpu(), "_moe_gather_rows (CPU): x must be a CPU tensor");
-  moe::gather_rows_host(moe_gather_params(x, sorted_slots, top_k, out));
-}
-
-void moe_activation_cuda(const at::Tensor& gate, const std::optional<at::Tensor>& value,
-                         at::Tensor& out) {
-  TORCH_CHECK(gate.is_cuda(), "_moe_activation: gate must be a CUDA tensor");
-  const auto p = moe_activation_params(gate, value, out);
-  const c10::cuda::CUDAGuard guard(gate.device());
-  throw_on_cuda_error(
-      moe::activation_cuda(p, c10::cuda::getCurrentCUDAStream(gate.get_device()).stream()),
-      "_moe_activation");
-}
-
-void moe_activation_cpu(const at::Tensor& gate, const std::optional<at::Tensor>& value,
-                        at::Tensor& out) {
-  TORCH_CHECK(gate.is_cpu(), "_moe_activation (CPU): gate must be a CPU tensor");
-  moe::activation_host(moe_activation_params(gate, value, out));
-}
-
-void moe_combine_cuda(const at::Tensor& y, const at::Tensor& sorted_slots, const at::Tensor& weights,
-                      const std::optional<at::Tensor>& shared, at::Tensor& inverse, at::Tensor& out,
-                      double scaling) {
-  TORCH_CHECK(y.is_cuda(), "_moe_combine: y must be a CUDA tensor");
-  const auto p = moe_combine_params(y, sorted_slots, weights, shared, inverse, out, scaling);
+void moe_ffn_combine_cuda(const at::Tensor& y, const at::Tensor& inverse, const at::Tensor& weights,
+                          at::Tensor& out, bool shared, double scaling) {
+  TORCH_CHECK(y.is_cuda(), "_moe_ffn_combine: y must be a CUDA tensor");
+  const auto p = ffn_combine_params(y, inverse, weights, out, shared, scaling);
   const c10::cuda::CUDAGuard guard(y.device());
-  throw_on_cuda_error(moe::combine_cuda(p, c10::cuda::getCurrentCUDAStream(y.get_device()).stream()),
-                      "_moe_combine");
+  throw_on_cuda_error(
+      moe::ffn_combine_cuda(p, c10::cuda::getCurrentCUDAStream(y.get_device()).stream()),
+      "_moe_ffn_combine");
 }
 
-void moe_combine_cpu(const at::Tensor& y, const at::Tensor& sorted_slots, const at::Tensor& weights,
-                     const std::optional<at::Tensor>& shared, at::Tensor& inverse, at::Tensor& out,
-                     double scaling) {
-  TORCH_CHECK(y.is_cpu(), "_moe_combine (CPU): y must be a CPU tensor");
-  moe::combine_host(moe_combine_params(y, sorted_slots, weights, shared, inverse, out, scaling));
+void moe_ffn_combine_cpu(const at::Tensor& y, const at::Tensor& inverse, const at::Tensor& weights,
+                         at::Tensor& out, bool shared, double scaling) {
+  TORCH_CHECK(y.is_cpu(), "_moe_ffn_combine (CPU): y must be a CPU tensor");
+  moe::ffn_combine_host(ffn_combine_params(y, inverse, weights, out, shared, scaling));
 }
 
 }  // namespace
 }  // namespace star_elastic
 
+// Each private op launches exactly one kernel (the plan, gather, GEMM and combine steps of
+// moe_ffn; grouped_gemm's tables-then-GEMM pair is two), so the op count is the launch count.
 TORCH_LIBRARY_FRAGMENT(star_elastic, m) {
   m.def("_moe_grouped_gemm_workspace_size(int num_groups) -> int",
         &star_elastic::moe_grouped_gemm_workspace_size);
+  m.def("_moe_gemm_table_layouts_match() -> bool", &star_elastic::moe_gemm_table_layouts_match);
   m.def("_moe_grouped_gemm(Tensor a, Tensor b, Tensor group_ends, Tensor(a!) out, "
-        "Tensor(b!) workspace, Tensor(c!) error_flag) -> ()");
+        "Tensor(b!) workspace, Tensor(c!) error_flag, int schedule) -> ()");
   m.def("_moe_route(Tensor logits, Tensor? bias, Tensor? mask, Tensor(a!) weights, Tensor(b!) ids, "
         "Tensor(c!) error_flag, int num_prefix, bool softmax, bool renormalize, float scaling) -> ()");
   m.def("_moe_align_workspace_size(int num_slots, int num_experts) -> int",
@@ -348,25 +501,36 @@ TORCH_LIBRARY_FRAGMENT(star_elastic, m) {
   m.def("_moe_align(Tensor ids, Tensor(a!) workspace, Tensor(b!) sorted_slots, Tensor(c!) counts, "
         "Tensor(d!) expert_offsets, Tensor(e!) block_offsets, Tensor(f!) error_flag, "
         "int block_m) -> ()");
-  m.def("_moe_gather_rows(Tensor x, Tensor sorted_slots, int top_k, Tensor(a!) out) -> ()");
-  m.def("_moe_activation(Tensor gate, Tensor? value, Tensor(a!) out) -> ()");
-  m.def("_moe_combine(Tensor y, Tensor sorted_slots, Tensor weights, Tensor? shared, "
-        "Tensor(a!) inverse, Tensor(b!) out, float scaling) -> ()");
+  m.def("_moe_ffn_workspace_size(int num_slots, int num_experts, int num_groups) -> int",
+        &star_elastic::moe_ffn_workspace_size);
+  m.def("_moe_ffn_plan(Tensor ids, Tensor hidden, Tensor w_up, Tensor w_down, Tensor? shared_up, "
+        "Tensor? shared_down, Tensor(a!) x, Tensor(b!)? gate, Tensor(c!) h, Tensor(d!) y, "
+        "Tensor(e!) inverse, Tensor(f!) workspace, Tensor(g!) error_flag, int ffn_width, "
+        "int shared_width, bool swap_ab) -> ()");
+  m.def("_moe_ffn_gather(Tensor ids, Tensor hidden, Tensor(a!) x, Tensor(b!) inverse, "
+        "Tensor(c!) workspace, int num_experts, int num_groups) -> ()");
+  m.def("_moe_ffn_gemm(Tensor(a!) workspace, Tensor(b!) out, int num_slots, int num_experts, "
+        "int num_groups, int table, int epilogue, int schedule) -> ()");
+  m.def("_moe_ffn_combine(Tensor y, Tensor inverse, Tensor weights, Tensor(a!) out, bool shared, "
+        "float scaling) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(star_elastic, CUDA, m) {
   m.impl("_moe_grouped_gemm", &star_elastic::moe_grouped_gemm_cuda);
   m.impl("_moe_route", &star_elastic::moe_route_cuda);
   m.impl("_moe_align", &star_elastic::moe_align_cuda);
-  m.impl("_moe_gather_rows", &star_elastic::moe_gather_rows_cuda);
-  m.impl("_moe_activation", &star_elastic::moe_activation_cuda);
-  m.impl("_moe_combine", &star_elastic::moe_combine_cuda);
+  m.impl("_moe_ffn_plan", &star_elastic::moe_ffn_plan_cuda);
+  m.impl("_moe_ffn_gather", &star_elastic::moe_ffn_gather_cuda);
+  m.impl("_moe_ffn_gemm", &star_elastic::moe_ffn_gemm_cuda);
+  m.impl("_moe_ffn_combine", &star_elastic::moe_ffn_combine_cuda);
 }
 
 TORCH_LIBRARY_IMPL(star_elastic, CPU, m) {
+  m.impl("_moe_grouped_gemm", &star_elastic::moe_grouped_gemm_cpu);
   m.impl("_moe_route", &star_elastic::moe_route_cpu);
   m.impl("_moe_align", &star_elastic::moe_align_cpu);
-  m.impl("_moe_gather_rows", &star_elastic::moe_gather_rows_cpu);
-  m.impl("_moe_activation", &star_elastic::moe_activation_cpu);
-  m.impl("_moe_combine", &star_elastic::moe_combine_cpu);
+  m.impl("_moe_ffn_plan", &star_elastic::moe_ffn_plan_cpu);
+  m.impl("_moe_ffn_gather", &star_elastic::moe_ffn_gather_cpu);
+  m.impl("_moe_ffn_gemm", &star_elastic::moe_ffn_gemm_cpu);
+  m.impl("_moe_ffn_combine", &star_elastic::moe_ffn_combine_cpu);
 }

@@ -35,11 +35,12 @@ _flags: dict[torch.device, torch.Tensor] = {}
 def device_flag(like: torch.Tensor) -> torch.Tensor:
     """The (1,) int32 error flag of ``like``'s device (allocated once per device, zeroed).
 
-    While tracing with fake tensors a fresh fake flag is returned, so no fake tensor is ever kept
+    While tracing with fake tensors a fresh fake flag is returned (uninitialised: a fake has no
+    values, and the real flag costs no launch after its first use), so no fake tensor is ever kept
     for a later real call.
     """
     if isinstance(like, FakeTensor):
-        return like.new_zeros(1, dtype=torch.int32)
+        return like.new_empty(1, dtype=torch.int32)
     flag = _flags.get(like.device)
     if flag is None:
         flag = _flags[like.device] = torch.zeros(1, dtype=torch.int32, device=like.device)

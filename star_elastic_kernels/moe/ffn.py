@@ -16,77 +16,118 @@ from __future__ import annotations
 
 import torch
 
-from star_elastic_kernels import _backends
-from star_elastic_kernels.moe import _checks, _errors
-from star_elastic_kernels.moe.align import _align_cuda
-from star_elastic_kernels.moe.gemm import CUDA_OPS as GEMM_CUDA_OPS
-from star_elastic_kernels.moe.gemm import _grouped_gemm_cuda, _grouped_gemm_supports
+from star_elastic_kernels import _backends, _extension
+from star_elastic_kernels.moe import _checks, _errors, _fallback
+from star_elastic_kernels.moe.gemm import EPILOGUE_IDENTITY, EPILOGUE_RELU2, EPILOGUE_SILU_C_TIMES_ACC
+from star_elastic_kernels.moe.gemm import SCHEDULE_SWAP_AB, _grouped_gemm_supports, schedule_for
 from star_elastic_kernels.reference import moe as reference
 
-
+# Each op launches one kernel: a routed relu2 forward is plan, gather, up GEMM, down GEMM, combine.
+CUDA_OPS = ("_moe_ffn_workspace_size", "_moe_ffn_plan", "_moe_ffn_gather", "_moe_ffn_gemm",
+            "_moe_ffn_combine")
 SPEC = _backends.register(_backends.OpSpec(
-    "moe_ffn", backends=("cuda", "triton", "torch"),
-    cuda_ops=GEMM_CUDA_OPS + ("_moe_align", "_moe_align_workspace_size", "_moe_gather_rows",
-                                    "_moe_activation", "_moe_combine"),
+    "moe_ffn", backends=("cuda", "triton", "torch"), cuda_ops=CUDA_OPS,
     supports=_grouped_gemm_supports))
+_UP, _VALUE, _DOWN = 0, 1, 2  # the plan's tables (csrc/moe/ffn.h FfnTable)
 
 
-def _ffn_cutlass_unsupported(hidden, w_up, w_down, shared_up, shared_down, r, d, s) -> str | None:
-    """Why the CUTLASS composition of moe_ffn cannot run this call, or None."""
+def _ffn_cutlass_unsupported(hidden, w_up, w_down, shared_up, shared_down) -> str | None:
+    """Why the CUTLASS path of moe_ffn cannot run this call, or None. Only the parent layout
+    matters: TMA reads rows at 16-byte aligned strides, and any active width (ffn_width,
+    hidden_width, shared_width) is fine (the loads zero-fill past it, the stores clip)."""
     if hidden.dtype != torch.bfloat16:
         return f"the CUTLASS grouped GEMM is bfloat16-only, got {hidden.dtype}"
     weights = [w_up, w_down] + ([shared_up, shared_down] if shared_up is not None else [])
     if any(w.stride(-1) != 1 for w in weights):
         return "the CUTLASS grouped GEMM needs weights with unit inner stride"
-    values = [r, d, hidden.storage_offset()] + ([s] if shared_up is not None else [])
+    values = []
     for w in weights:
         values += [*w.stride()[:-1], w.storage_offset()]
     if any(v % 8 for v in values):
-        return ("the CUTLASS grouped GEMM needs ffn_width, hidden_width, shared_width and the "
-                "weights' row strides to be multiples of 8 bf16 elements")
+        return ("the CUTLASS grouped GEMM needs the parent weights' row strides (D, F, Fs) and "
+                "offsets to be multiples of 8 bf16 elements (16 bytes)")
     return None
 
 
-def _expert_ffn_cuda(x, w_up, w_down, ends, r, d, activation, gemm=None):
-    """Sorted rows x (P, d) -> (P, d) bf16: grouped GEMM up (gate, and value for SiLU-GLU), the
-    activation kernel, grouped GEMM down. ``gemm(a, b, ends)`` is the CUTLASS grouped GEMM unless
-    a test substitutes another (the CPU tests use the reference)."""
-    gemm = gemm or _grouped_gemm_cuda
-    gate = gemm(x, w_up[:, :r, :d], ends)
-    value = None
-    if activation == "silu_glu":
-        half = w_up.shape[1] // 2
-        value = gemm(x, w_up[:, half : half + r, :d], ends)
-    h = torch.empty_like(gate)
-    torch.ops.star_elastic._moe_activation(gate, value, h)
-    return gemm(h, w_down[:, :d, :r], ends)
+def _round8(n: int) -> int:
+    return -(-n // 8) * 8
 
 
 def _moe_ffn_cuda(hidden, w_up, w_down, weights, ids, shared_up, shared_down, activation, r, d, s,
-                  scaling, gemm=None):
-    """moe_ffn from CUDA kernels, no host sync: align the slots by expert (csrc/moe/align.cu),
-    gather the tokens' rows in that order, CUTLASS grouped GEMMs with the activation kernel
-    between them, then one combine kernel: the k weighted rows of each token summed in a fixed
-    order, scaled, plus the shared expert (csrc/moe/ffn_elementwise.cu). bf16 throughout, fp32
-    accumulation. On CPU tensors (tests only) the private ops run the kernels' per-thread code
-    sequentially and ``gemm`` must be given."""
+                  scaling):
+    """moe_ffn from CUDA kernels in five launches (six for SiLU-GLU), no host sync
+    (csrc/moe/ffn.h): plan (slot counts, expert offsets, active-expert list, the GEMM tables), gather
+    (rows in expert order, and the shared expert's rows), the CUTLASS up GEMM with ReLU^2 in its
+    epilogue (SiLU-GLU: gate GEMM, then value GEMM with silu(gate) * acc in its epilogue), the down
+    GEMM, then one combine kernel: the k weighted rows of each token summed in a fixed order,
+    scaled, plus the shared expert's row. The shared expert is one more group of the same GEMMs.
+    bf16 throughout, fp32 accumulation. On CPU tensors (tests only) the private ops run the
+    kernels' per-thread code sequentially and the GEMMs a reference product with the kernels'
+    epilogue functions."""
     num_tokens, top_k = ids.shape
     out = torch.empty(num_tokens, d, dtype=hidden.dtype, device=hidden.device)
     if num_tokens == 0:
         return out
-    shared = None
-    if shared_up is not None:
-        ends = torch.full((1,), num_tokens, dtype=torch.int32, device=hidden.device)
-        shared = _expert_ffn_cuda(hidden, shared_up.unsqueeze(0), shared_down.unsqueeze(0), ends,
-                                  s, d, activation, gemm)
-    slots, _, expert_offsets, _ = _align_cuda(ids, w_down.shape[0], 1)
-    x = torch.empty(slots.numel(), d, dtype=hidden.dtype, device=hidden.device)
-    torch.ops.star_elastic._moe_gather_rows(hidden, slots, top_k, x)
-    y = _expert_ffn_cuda(x, w_up, w_down, expert_offsets[1:], r, d, activation, gemm)
-    inverse = torch.empty_like(slots)
-    torch.ops.star_elastic._moe_combine(y, slots, weights.float().contiguous(), shared, inverse,
-                                        out, float(scaling))
+    num_experts = w_down.shape[0]
+    slots = num_tokens * top_k
+    groups = num_experts + (1 if shared_up is not None else 0)
+    rows = slots + (num_tokens if shared_up is not None else 0)
+    glu = activation == "silu_glu"
+    schedule = schedule_for(slots, num_experts)
+    bf16 = dict(dtype=hidden.dtype, device=hidden.device)
+    width = max(r, s) if shared_up is not None else r
+    # row strides multiples of 8 (16 bytes, for TMA); the columns past the widths are never read
+    x = torch.empty(rows, _round8(d), **bf16)
+    h = torch.empty(rows, _round8(width), **bf16)
+    gate = torch.empty(rows, _round8(width), **bf16) if glu else None
+    y = torch.empty(rows, _round8(d), **bf16)
+    inverse = torch.empty(slots, dtype=torch.int32, device=hidden.device)
+    workspace = torch.empty(
+        int(torch.ops.star_elastic._moe_ffn_workspace_size(slots, num_experts, groups)),
+        dtype=torch.uint8, device=hidden.device)
+    ids = ids.contiguous()
+    ops = torch.ops.star_elastic
+    ops._moe_ffn_plan(ids, hidden, w_up, w_down, shared_up, shared_down, x, gate, h, y, inverse,
+                      workspace, _errors.device_flag(hidden), r, s, schedule == SCHEDULE_SWAP_AB)
+    ops._moe_ffn_gather(ids, hidden, x, inverse, workspace, num_experts, groups)
+    gemm = (slots, num_experts, groups)
+    if glu:
+        ops._moe_ffn_gemm(workspace, gate, *gemm, _UP, EPILOGUE_IDENTITY, schedule)
+        ops._moe_ffn_gemm(workspace, h, *gemm, _VALUE, EPILOGUE_SILU_C_TIMES_ACC, schedule)
+    else:
+        ops._moe_ffn_gemm(workspace, h, *gemm, _UP, EPILOGUE_RELU2, schedule)
+    ops._moe_ffn_gemm(workspace, y, *gemm, _DOWN, EPILOGUE_IDENTITY, schedule)
+    ops._moe_ffn_combine(y, inverse, weights.float().contiguous(), out, shared_up is not None,
+                         float(scaling))
     return out
+
+
+if _extension.has_op("_moe_ffn_plan"):
+    @torch.library.register_fake("star_elastic::_moe_ffn_plan")
+    def _(ids, hidden, w_up, w_down, shared_up, shared_down, x, gate, h, y, inverse, workspace,
+          error_flag, ffn_width, shared_width, swap_ab):
+        rows = ids.numel() + (ids.shape[0] if shared_up is not None else 0)
+        _checks.fake_expect(ids.dim() == 2 and hidden.shape[0] == ids.shape[0], "_moe_ffn_plan",
+                            "ids (T, k), hidden (T, d)")
+        _checks.fake_expect(x.shape[0] == h.shape[0] == y.shape[0] == rows, "_moe_ffn_plan",
+                            "x, h, y have T*k (+ T) rows")
+        _checks.fake_expect(inverse.numel() == ids.numel(), "_moe_ffn_plan", "inverse (T*k,)")
+
+    @torch.library.register_fake("star_elastic::_moe_ffn_gather")
+    def _(ids, hidden, x, inverse, workspace, num_experts, num_groups):
+        _checks.fake_expect(inverse.numel() == ids.numel() and x.shape[1] >= hidden.shape[1],
+                            "_moe_ffn_gather", "inverse (T*k,), x (rows, >= d)")
+
+    @torch.library.register_fake("star_elastic::_moe_ffn_gemm")
+    def _(workspace, out, num_slots, num_experts, num_groups, table, epilogue, schedule):
+        _checks.fake_expect(0 <= table <= 2 and 0 <= epilogue <= 2 and 0 <= schedule <= 2,
+                            "_moe_ffn_gemm", "table, epilogue and schedule in 0..2")
+
+    @torch.library.register_fake("star_elastic::_moe_ffn_combine")
+    def _(y, inverse, weights, out, shared, scaling):
+        _checks.fake_expect(weights.dim() == 2 and inverse.numel() == weights.numel()
+                            and out.shape[0] == weights.shape[0], "_moe_ffn_combine",
+                            "weights (T, k), inverse (T*k,), out (T, d)")
 
 
 def _triton_ffn():
@@ -284,11 +325,13 @@ def moe_ffn(
             out of range contributes nothing and sets a flag that
             :func:`star_elastic_kernels.moe.raise_device_errors` reports. CPU tensors are always
             checked on the host.
-        backend: ``"auto" | "cuda" | "triton" | "torch"`` (see :func:`moe_route`). ``"cuda"``
-            composes the CUTLASS sm_90a grouped GEMM (bfloat16; widths and weight row strides
-            multiples of 8; auto falls back to Triton otherwise, an explicit request raises) with
-            CUDA kernels for the alignment, row gather, activation and weighted combine
-            (csrc/moe/); its backward runs the Triton kernels.
+        backend: ``"auto" | "cuda" | "triton" | "torch"`` (see :func:`moe_route`). ``"cuda"`` is
+            five launches with no host sync (csrc/moe/ffn.h): plan, gather, the CUTLASS sm_90a
+            grouped GEMMs with ReLU^2 (or SiLU-GLU) fused in the up-projection's epilogue, and one
+            combine kernel; the shared expert is one more group of the same GEMMs. bfloat16; any
+            ffn_width / hidden_width / shared_width; the parent weights' row strides must be
+            multiples of 8 (else auto runs Triton and warns once, see ``moe/_fallback.py``, and an
+            explicit request raises). Its backward runs the Triton kernels.
 
     Returns:
         (T, d) in hidden's dtype (fp32 accumulation).
@@ -347,10 +390,11 @@ def moe_ffn(
         _checks.ids_in_range(ids, num_experts)
     chosen = _backends.select_backend(SPEC, hidden.device, hidden.dtype, backend)
     if chosen == "cuda":
-        reason = _ffn_cutlass_unsupported(hidden, w_up, w_down, shared_up, shared_down, r, d, s)
+        reason = _ffn_cutlass_unsupported(hidden, w_up, w_down, shared_up, shared_down)
         if reason is not None:
             if _backends.requested_backend(backend) == "cuda":
                 raise _backends.BackendUnavailableError(f"moe_ffn: backend 'cuda' is unavailable: {reason}")
+            _fallback.fallback("moe_ffn", reason)
             chosen = _backends.select_backend(SPEC, hidden.device, hidden.dtype, "triton")
     return _moe_ffn_op(hidden, w_up, w_down, weights, ids, shared_up, shared_down, activation, r, d,
                        s, float(scaling), chosen)

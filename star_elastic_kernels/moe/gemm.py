@@ -14,7 +14,7 @@ import functools
 import torch
 
 from star_elastic_kernels import _backends, _extension
-from star_elastic_kernels.moe import _checks, _errors
+from star_elastic_kernels.moe import _checks, _errors, _fallback
 from star_elastic_kernels.reference import moe as reference
 
 
@@ -25,6 +25,23 @@ def _grouped_gemm_supports(backend: str, device: torch.device, dtype: torch.dtyp
 
 
 CUDA_OPS = ("_moe_grouped_gemm", "_moe_grouped_gemm_workspace_size")
+
+# csrc/moe/grouped_gemm.h GemmSchedule and csrc/moe/epilogue.h GemmEpilogue
+SCHEDULE_COOPERATIVE, SCHEDULE_PINGPONG, SCHEDULE_SWAP_AB = 0, 1, 2
+EPILOGUE_IDENTITY, EPILOGUE_RELU2, EPILOGUE_SILU_C_TIMES_ACC = 0, 1, 2
+# Mean rows per group at which a schedule stops paying: swap-AB puts the tokens on a 32-wide N
+# tile (decode: a few rows per expert would fill 1-3 rows of a 64/128-row M tile), pingpong's
+# 64-row tiles waste at most half a tile per group up to ~128 rows, then 128x128 cooperative.
+SWAP_AB_MAX_ROWS, PINGPONG_MAX_ROWS = 32, 128
+
+
+def schedule_for(rows: int, groups: int) -> int:
+    """The CUTLASS schedule for ``rows`` rows over ``groups`` groups, from shapes only (no host
+    read): by the mean rows per group that receives rows."""
+    per_group = rows / max(1, min(groups, rows))
+    if per_group <= SWAP_AB_MAX_ROWS:
+        return SCHEDULE_SWAP_AB
+    return SCHEDULE_PINGPONG if per_group <= PINGPONG_MAX_ROWS else SCHEDULE_COOPERATIVE
 
 
 SPEC = _backends.register(_backends.OpSpec(
@@ -46,16 +63,22 @@ def _cutlass_unsupported(a: torch.Tensor, b: torch.Tensor, trans_b: bool) -> str
         return f"the CUTLASS grouped GEMM is bfloat16-only, got {a.dtype}"
     if a.stride(1) != 1 or b.stride(2) != 1:
         return "the CUTLASS grouped GEMM needs unit inner strides (a.stride(1), b.stride(2))"
-    # storage offsets (not data_ptr, which a traced fake tensor lacks): allocations are aligned
-    sizes = (a.stride(0), b.stride(0), b.stride(1), b.shape[1], b.shape[2], a.storage_offset(),
+    # TMA reads and writes rows at 16-byte aligned strides; K itself is free (the loads zero-fill
+    # past it). N is the row stride of the (M, N) output. Storage offsets, not data_ptr (which a
+    # traced fake tensor lacks): allocations are aligned.
+    sizes = (a.stride(0), b.stride(0), b.stride(1), b.shape[1], a.storage_offset(),
              b.storage_offset())
     if any(v % 8 for v in sizes):
-        return ("the CUTLASS grouped GEMM needs N, K and the row strides to be multiples of 8 "
-                "bf16 elements and 16-byte aligned data")
+        return ("the CUTLASS grouped GEMM needs N and the row strides of a and b to be multiples "
+                "of 8 bf16 elements (16 bytes) and 16-byte aligned data")
     return None
 
 
 def _grouped_gemm_cuda(a: torch.Tensor, b: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """Backend "cuda" of grouped_gemm (bf16, trans_b): a table kernel builds the per-group
+    arguments from the ends on the device, then the CUTLASS kernel of the schedule the mean rows
+    per group picks (:func:`schedule_for`). On CPU tensors (tests only) the private op runs the
+    table kernel's per-thread code and a reference product."""
     out = torch.empty(a.shape[0], b.shape[1], dtype=a.dtype, device=a.device)
     if a.shape[0] == 0 or b.shape[1] == 0:
         return out
@@ -63,7 +86,7 @@ def _grouped_gemm_cuda(a: torch.Tensor, b: torch.Tensor, ends: torch.Tensor) -> 
         return out.zero_()
     workspace = torch.empty(_cutlass_workspace_bytes(b.shape[0]), dtype=torch.uint8, device=a.device)
     torch.ops.star_elastic._moe_grouped_gemm(a, b, ends.to(torch.int32).contiguous(), out, workspace,
-                                             _errors.device_flag(a))
+                                             _errors.device_flag(a), schedule_for(a.shape[0], b.shape[0]))
     return out
 
 
@@ -83,7 +106,7 @@ def _checked_ends(ends: torch.Tensor, rows: int) -> torch.Tensor:
 
 if _extension.has_op("_moe_grouped_gemm"):
     @torch.library.register_fake("star_elastic::_moe_grouped_gemm")
-    def _(a, b, group_ends, out, workspace, error_flag):
+    def _(a, b, group_ends, out, workspace, error_flag, schedule):
         _checks.fake_expect(a.dim() == 2 and b.dim() == 3 and out.shape == (a.shape[0], b.shape[1])
                             and a.shape[1] == b.shape[2], "_moe_grouped_gemm",
                             "a (M, K), b (G, N, K), out (M, N)")
@@ -180,9 +203,11 @@ def grouped_gemm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor, *, tra
             :func:`star_elastic_kernels.moe.raise_device_errors` reports. CPU tensors are always
             checked on the host.
         backend: ``"auto" | "cuda" | "triton" | "torch"`` (see :func:`moe_route`). ``"cuda"`` is
-            the CUTLASS sm_90a pointer-array grouped GEMM: bfloat16, ``trans_b=True``, unit inner
-            strides, N, K and row strides multiples of 8 (auto falls back to Triton otherwise;
-            an explicit request raises). Its backward runs the Triton kernels.
+            the CUTLASS sm_90a pointer-array grouped GEMM (schedule by mean rows per group:
+            swap-AB, pingpong 64x128 or cooperative 128x128): bfloat16, ``trans_b=True``, unit
+            inner strides, N and row strides multiples of 8 (auto runs Triton otherwise and warns
+            once, see ``moe/_fallback.py``; an explicit request raises). Its backward runs the
+            Triton kernels.
 
     Returns:
         (M, N) in a's dtype (fp32 accumulation).
@@ -221,5 +246,6 @@ def grouped_gemm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor, *, tra
             if _backends.requested_backend(backend) == "cuda":
                 raise _backends.BackendUnavailableError(
                     f"grouped_gemm: backend 'cuda' is unavailable: {reason}")
+            _fallback.fallback("grouped_gemm", reason)
             chosen = _backends.select_backend(SPEC, a.device, a.dtype, "triton")
     return _grouped_gemm_op(a, b, offsets, trans_b, chosen)

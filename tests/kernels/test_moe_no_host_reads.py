@@ -109,3 +109,62 @@ def test_the_detector_catches_a_host_read(fake_hopper):
     with pytest.raises(DataDependentOutputException):
         _checks.ids_in_range(ids, E)
     assert not _checks.on_host_now(ids, validate=True)  # fake: the wrappers skip it
+
+
+# --- no silent cliffs: when auto leaves the cuda backend, it says so once (moe/_fallback.py) -------
+
+
+@pytest.fixture
+def fresh_fallbacks(monkeypatch):
+    from star_elastic_kernels.moe import _fallback
+
+    monkeypatch.setattr(_fallback, "_taken", {})
+    return _fallback
+
+
+@needs_ext
+def test_a_misaligned_parent_falls_back_once_with_a_warning(fake_hopper, fresh_fallbacks):
+    cuda = dict(device="cuda", dtype=torch.bfloat16)
+    hidden = torch.empty(3, 18, **cuda)  # parent rows of 18 values: not 16-byte aligned
+    w_up, w_down = torch.empty(E, F, 18, **cuda), torch.empty(E, 18, F, **cuda)
+    weights = torch.empty(3, K, dtype=torch.float32, device="cuda")
+    ids = torch.empty(3, K, dtype=torch.int32, device="cuda")
+    with pytest.warns(sek.StarElasticWarning, match="moe_ffn: the cuda backend cannot run"):
+        sek.moe_ffn(hidden, w_up, w_down, weights, ids)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second time: counted, not warned again
+        sek.moe_ffn(hidden, w_up, w_down, weights, ids)
+    (reason, count), = fresh_fallbacks.report()["taken"]["moe_ffn"].items()
+    assert count == 2 and "multiples of 8" in reason
+    with pytest.raises(sek.BackendUnavailableError, match="multiples of 8"):
+        sek.moe_ffn(hidden, w_up, w_down, weights, ids, backend="cuda")
+
+
+@needs_ext
+def test_elastic_widths_off_every_tile_stay_on_cuda(fake_hopper, fresh_fallbacks):
+    import warnings
+
+    t = layer(7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = sek.moe_ffn(t["hidden"][:, :21].contiguous(), t["w_up"], t["w_down"], t["weights"],
+                          t["ids"], ffn_width=13, hidden_width=21, shared_up=t["shared_up"],
+                          shared_down=t["shared_down"], shared_width=9, backend="cuda")
+    assert out.shape == (7, 21)
+    assert fresh_fallbacks.report()["taken"] == {}
+    with pytest.warns(sek.StarElasticWarning, match="grouped_gemm"):  # N=13 is the output's stride
+        sek.grouped_gemm(torch.empty(8, D, dtype=torch.bfloat16, device="cuda"), t["w_up"][:, :13],
+                         torch.empty(E, dtype=torch.int32, device="cuda"))
+
+
+def test_info_lists_the_fallback_rules_and_the_ones_taken(fresh_fallbacks):
+    from star_elastic_kernels import info
+
+    fresh_fallbacks._taken[("moe_ffn", "a test reason")] = 3
+    collected = info.collect()
+    assert collected["moe_fallbacks"]["taken"] == {"moe_ffn": {"a test reason": 3}}
+    text = info.render(collected)
+    assert "MoE fallbacks (cuda -> triton):" in text and "grouped_gemm: cuda -> triton" in text
+    assert "taken in this process: moe_ffn x3: a test reason" in text
