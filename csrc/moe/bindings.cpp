@@ -262,6 +262,8 @@ moe::FfnPlanParams ffn_base_params(const at::Tensor& ids, const at::Tensor& hidd
                   ids.device() == hidden.device(),
               what, ": ids must be a contiguous int32/int64 (T, k) tensor on hidden's device");
   TORCH_CHECK(ids.numel() < INT32_MAX, what, ": too many slots for int32 rows");
+  TORCH_CHECK((ids.numel() + ids.size(0)) * ((hidden.size(1) + 7) / 8) < UINT32_MAX, what,
+              ": too many (row, 16-byte column group) pairs for the 32-bit thread indices");
   TORCH_CHECK(num_experts >= 1 && (num_groups == num_experts || num_groups == num_experts + 1),
               what, ": num_groups must be E or E + 1 (shared expert)");
   const int64_t tokens = ids.size(0), slots = ids.numel();
@@ -452,6 +454,8 @@ moe::FfnCombineParams ffn_combine_params(const at::Tensor& y, const at::Tensor& 
               "_moe_ffn_combine: inverse must be contiguous int32 (T*k,)");
   TORCH_CHECK(y.size(0) == slots + (shared ? tokens : 0) && y.size(1) >= out.size(1),
               "_moe_ffn_combine: y (T*k (+ T), >= d), out (T, d)");
+  TORCH_CHECK(tokens * ((out.size(1) + 7) / 8) < UINT32_MAX,
+              "_moe_ffn_combine: too many (token, column group) pairs for 32-bit thread indices");
   moe::FfnCombineParams p{};
   p.y = bf16_rows(y, y, "_moe_ffn_combine: y");
   p.ldy = y.stride(0);

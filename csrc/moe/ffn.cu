@@ -13,13 +13,22 @@ constexpr int kCombineThreads = 128;
 
 size_t round_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
+// a / b and a % b for 0 <= a, b < 2^32 (the bindings bound every index below that): 32-bit
+// division, where an int64 one is a called subroutine that saves registers to the stack.
+__host__ __device__ inline int64_t div32(int64_t a, int64_t b) {
+  return static_cast<int64_t>(static_cast<uint32_t>(a) / static_cast<uint32_t>(b));
+}
+__host__ __device__ inline int64_t mod32(int64_t a, int64_t b) {
+  return static_cast<int64_t>(static_cast<uint32_t>(a) % static_cast<uint32_t>(b));
+}
+
 __host__ __device__ inline int64_t num_slots(const FfnPlanParams& p) {
   return p.num_tokens * p.top_k;
 }
 
 __host__ __device__ inline int64_t chunks_of(int64_t slots) {
   const int64_t chunk = align_chunk(slots);
-  return (slots + chunk - 1) / chunk;
+  return div32(slots + chunk - 1, chunk);
 }
 
 __host__ __device__ inline void chunk_range(const FfnPlanParams& p, int64_t chunk, int64_t* begin,
@@ -45,20 +54,31 @@ __host__ __device__ inline bool in_range(const FfnPlanParams& p, int64_t e) {
 
 // ---- 1. plan (one block; phases separated by __syncthreads) ---------------------------------------
 
-// Phase 1, thread = chunk: the chunk's histogram over the experts; ids out of range are flagged.
-__host__ __device__ void plan_count_chunk(const FfnPlanParams& p, int64_t chunk) {
-  int32_t* row = p.ws.chunk_counts + chunk * p.num_experts;
-  for (int64_t e = 0; e < p.num_experts; ++e) row[e] = 0;
-  int64_t begin, end;
-  chunk_range(p, chunk, &begin, &end);
-  for (int64_t s = begin; s < end; ++s) {
-    const int64_t e = expert_of(p, s);
-    if (in_range(p, e)) {
-      ++row[e];
-    } else {
-      raise_error(p.error_flag, kErrorIdsOutOfRange);
-    }
+// Adds 1 to *counter: an atomic on the device (the order of the additions does not change the
+// count, so the histogram is still deterministic), a plain add in the sequential CPU impl.
+__host__ __device__ inline void count_one(int32_t* counter) {
+#ifdef __CUDA_ARCH__
+  atomicAdd(counter, 1);
+#else
+  ++*counter;
+#endif
+}
+
+// Phase 0, thread = histogram cell: zero it.
+__host__ __device__ void plan_zero_cell(const FfnPlanParams& p, int64_t cell) {
+  p.ws.chunk_counts[cell] = 0;
+}
+
+// Phase 1, thread = slot: count it in its chunk's histogram; ids out of range are flagged. One
+// thread per slot, so no thread walks a chunk through a chain of dependent read-modify-writes.
+__host__ __device__ void plan_count_slot(const FfnPlanParams& p, int64_t slot) {
+  const int64_t e = expert_of(p, slot);
+  if (!in_range(p, e)) {
+    raise_error(p.error_flag, kErrorIdsOutOfRange);
+    return;
   }
+  const int64_t chunk = div32(slot, align_chunk(num_slots(p)));
+  count_one(p.ws.chunk_counts + chunk * p.num_experts + e);
 }
 
 // Phase 2, thread = expert: exclusive prefix over the chunks in place; the count goes to
@@ -88,10 +108,10 @@ __host__ __device__ void plan_offsets(const FfnPlanParams& p) {
   p.ws.active[0] = active;
 }
 
-// Phase 4, thread = GEMM group: group g < E is the g-th active expert (none past the active
-// count: an empty group), group E the shared expert over all T tokens.
-__host__ __device__ void plan_group_tables(const FfnPlanParams& p, int64_t g) {
-  int64_t start = 0, rows = 0, width, up_ld, value_offset, down_ld;
+// Phase 4, thread = (table, GEMM group): group g < E is the g-th active expert (none past the
+// active count: an empty group), group E the shared expert over all T tokens.
+__host__ __device__ void plan_group_table(const FfnPlanParams& p, int table, int64_t g) {
+  int64_t start = 0, rows = 0;
   const uint16_t *up, *down;
   if (g < p.num_experts) {
     const int64_t active = p.ws.active[0];
@@ -102,56 +122,66 @@ __host__ __device__ void plan_group_tables(const FfnPlanParams& p, int64_t g) {
     }
     up = p.w_up + e * p.up_stride_e;
     down = p.w_down + e * p.down_stride_e;
-    width = p.r;
-    up_ld = p.up_ld;
-    value_offset = p.up_value_offset;
-    down_ld = p.down_ld;
   } else {
     start = num_slots(p);
     rows = p.num_tokens;
     up = p.shared_up;
     down = p.shared_down;
-    width = p.s;
-    up_ld = p.shared_up_ld;
-    value_offset = p.shared_value_offset;
-    down_ld = p.shared_down_ld;
   }
+  const bool routed = g < p.num_experts;
+  const int64_t width = routed ? p.r : p.s;
+  const int64_t up_ld = routed ? p.up_ld : p.shared_up_ld;
   const uint16_t* x = p.x + start * p.ldx;
   uint16_t* h = p.h + start * p.ldh;
   uint16_t* first = p.glu ? p.gate + start * p.ldh : h;  // the up GEMM's output
-  write_group(p.ws.tables[kFfnUpTable], g, rows, width, p.d, x, p.ldx, up, up_ld, nullptr, 0,
-              first, p.ldh);
-  if (p.glu) {
-    write_group(p.ws.tables[kFfnValueTable], g, rows, width, p.d, x, p.ldx, up + value_offset,
-                up_ld, first, p.ldh, h, p.ldh);
+  const GemmTables& t = p.ws.tables[table];
+  if (table == kFfnUpTable) {
+    write_group(t, g, rows, width, p.d, x, p.ldx, up, up_ld, nullptr, 0, first, p.ldh);
+  } else if (table == kFfnValueTable) {
+    const int64_t value_offset = routed ? p.up_value_offset : p.shared_value_offset;
+    write_group(t, g, rows, width, p.d, x, p.ldx, up + value_offset, up_ld, first, p.ldh, h,
+                p.ldh);
+  } else {
+    write_group(t, g, rows, p.d, width, h, p.ldh, down, routed ? p.down_ld : p.shared_down_ld,
+                nullptr, 0, p.y + start * p.ldy, p.ldy);
   }
-  write_group(p.ws.tables[kFfnDownTable], g, rows, p.d, width, h, p.ldh, down, down_ld, nullptr, 0,
-              p.y + start * p.ldy, p.ldy);
 }
 
 __global__ void __launch_bounds__(kPlanThreads) plan_kernel(const FfnPlanParams p) {
-  const int64_t chunks = chunks_of(num_slots(p));
-  for (int64_t c = threadIdx.x; c < chunks; c += kPlanThreads) plan_count_chunk(p, c);
+  const int64_t cells = chunks_of(num_slots(p)) * p.num_experts;
+  for (int64_t c = threadIdx.x; c < cells; c += kPlanThreads) plan_zero_cell(p, c);
+  __syncthreads();
+  for (int64_t s = threadIdx.x; s < num_slots(p); s += kPlanThreads) plan_count_slot(p, s);
   __syncthreads();
   for (int64_t e = threadIdx.x; e < p.num_experts; e += kPlanThreads) plan_scan_expert(p, e);
   __syncthreads();
   if (threadIdx.x == 0) plan_offsets(p);
   __syncthreads();
-  for (int64_t g = threadIdx.x; g < p.groups; g += kPlanThreads) plan_group_tables(p, g);
+  const int tables = p.glu ? 3 : 2;
+  for (int64_t i = threadIdx.x; i < tables * p.groups; i += kPlanThreads) {
+    const int table = static_cast<int>(div32(i, p.groups));
+    plan_group_table(p, table == 1 && !p.glu ? kFfnDownTable : table, mod32(i, p.groups));
+  }
 }
 
 // ---- 2. gather --------------------------------------------------------------------------------------
 
-// One thread of chunk c's block: each slot's row (its expert's first row + the slots of that
-// expert in earlier chunks and earlier in this one: stable), or -1 for an id out of range.
-__host__ __device__ void gather_place_chunk(const FfnPlanParams& p, int64_t chunk) {
-  int32_t* before = p.ws.chunk_counts + chunk * p.num_experts;
+// Thread = slot s of chunk c: its row is its expert's first row + the expert's slots in earlier
+// chunks (the plan's exclusive prefix) + those earlier in this chunk (stable: slot order), or -1
+// for an id out of range. Counting the earlier ones reads at most a chunk of ids, which every
+// thread of the block reads in the same order (cache broadcasts), instead of one thread placing
+// the chunk through a chain of dependent read-modify-writes.
+__host__ __device__ void gather_place_slot(const FfnPlanParams& p, int64_t chunk, int64_t slot) {
+  const int64_t e = expert_of(p, slot);
+  if (!in_range(p, e)) {
+    p.inverse[slot] = -1;
+    return;
+  }
   int64_t begin, end;
   chunk_range(p, chunk, &begin, &end);
-  for (int64_t s = begin; s < end; ++s) {
-    const int64_t e = expert_of(p, s);
-    p.inverse[s] = in_range(p, e) ? p.ws.expert_offsets[e] + before[e]++ : -1;
-  }
+  int32_t rank = 0;
+  for (int64_t j = begin; j < slot; ++j) rank += expert_of(p, j) == e ? 1 : 0;
+  p.inverse[slot] = p.ws.expert_offsets[e] + p.ws.chunk_counts[chunk * p.num_experts + e] + rank;
 }
 
 // Thread i of chunk c's block: column group i % groups of the chunk's slot i / groups.
@@ -159,10 +189,10 @@ __host__ __device__ void gather_copy(const FfnPlanParams& p, int64_t chunk, int6
   int64_t begin, end;
   chunk_range(p, chunk, &begin, &end);
   const int64_t groups = groups_per_row(p.d);
-  const int64_t slot = begin + i / groups, group = i % groups;
+  const int64_t slot = begin + div32(i, groups), group = mod32(i, groups);
   const int32_t row = p.inverse[slot];
   if (row < 0) return;
-  const int64_t token = slot / p.top_k;
+  const int64_t token = div32(slot, p.top_k);
   alignas(16) uint16_t v[kBf16Group];
   const int n = group_width(p.d, group);
   load_group(p.hidden + token * p.ld_hidden + group * kBf16Group, n, v);
@@ -172,7 +202,7 @@ __host__ __device__ void gather_copy(const FfnPlanParams& p, int64_t chunk, int6
 // Thread i of the shared rows: hidden row i / groups goes to x row P + i / groups.
 __host__ __device__ void gather_copy_shared(const FfnPlanParams& p, int64_t i) {
   const int64_t groups = groups_per_row(p.d);
-  const int64_t token = i / groups, group = i % groups;
+  const int64_t token = div32(i, groups), group = mod32(i, groups);
   alignas(16) uint16_t v[kBf16Group];
   const int n = group_width(p.d, group);
   load_group(p.hidden + token * p.ld_hidden + group * kBf16Group, n, v);
@@ -184,10 +214,10 @@ __global__ void __launch_bounds__(kGatherThreads) gather_kernel(const FfnPlanPar
   const int64_t groups = groups_per_row(p.d);
   const int64_t block = blockIdx.x;
   if (block < chunks) {
-    if (threadIdx.x == 0) gather_place_chunk(p, block);
-    __syncthreads();  // the block's rows (written by thread 0) are visible to all its threads
     int64_t begin, end;
     chunk_range(p, block, &begin, &end);
+    for (int64_t s = begin + threadIdx.x; s < end; s += kGatherThreads) gather_place_slot(p, block, s);
+    __syncthreads();  // the chunk's rows are visible to every thread of the block
     for (int64_t i = threadIdx.x; i < (end - begin) * groups; i += kGatherThreads) {
       gather_copy(p, block, i);
     }
@@ -205,7 +235,7 @@ __global__ void __launch_bounds__(kGatherThreads) gather_kernel(const FfnPlanPar
 
 __host__ __device__ void combine_thread(const FfnCombineParams& p, int64_t i) {
   const int64_t groups = groups_per_row(p.cols);
-  const int64_t token = i / groups, group = i % groups, col = group * kBf16Group;
+  const int64_t token = div32(i, groups), group = mod32(i, groups), col = group * kBf16Group;
   const int n = group_width(p.cols, group);
   float acc[kBf16Group];
   for (int c = 0; c < kBf16Group; ++c) acc[c] = 0.0f;
@@ -272,11 +302,15 @@ cudaError_t ffn_plan_cuda(const FfnPlanParams& p, cudaStream_t stream) {
 
 void ffn_plan_host(const FfnPlanParams& p) {
   if (num_slots(p) == 0) return;
-  const int64_t chunks = chunks_of(num_slots(p));
-  for (int64_t c = 0; c < chunks; ++c) plan_count_chunk(p, c);
+  const int64_t cells = chunks_of(num_slots(p)) * p.num_experts;
+  for (int64_t c = 0; c < cells; ++c) plan_zero_cell(p, c);
+  for (int64_t s = 0; s < num_slots(p); ++s) plan_count_slot(p, s);
   for (int64_t e = 0; e < p.num_experts; ++e) plan_scan_expert(p, e);
   plan_offsets(p);
-  for (int64_t g = 0; g < p.groups; ++g) plan_group_tables(p, g);
+  for (int table : {kFfnUpTable, kFfnValueTable, kFfnDownTable}) {
+    if (table == kFfnValueTable && !p.glu) continue;
+    for (int64_t g = 0; g < p.groups; ++g) plan_group_table(p, table, g);
+  }
 }
 
 int64_t ffn_gather_blocks(const FfnPlanParams& p) {
@@ -296,9 +330,9 @@ void ffn_gather_host(const FfnPlanParams& p) {
   const int64_t chunks = chunks_of(num_slots(p));
   const int64_t groups = groups_per_row(p.d);
   for (int64_t c = 0; c < chunks; ++c) {
-    gather_place_chunk(p, c);
     int64_t begin, end;
     chunk_range(p, c, &begin, &end);
+    for (int64_t s = begin; s < end; ++s) gather_place_slot(p, c, s);
     for (int64_t i = 0; i < (end - begin) * groups; ++i) gather_copy(p, c, i);
   }
   if (has_shared_group(p)) {

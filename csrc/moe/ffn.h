@@ -1,12 +1,12 @@
 // moe_ffn's "cuda" backend in five launches (six for SiLU-GLU), none of which waits on the host:
 //
-//   1. plan (one block):   count the slots of each expert per chunk, scan them into expert
-//                          offsets, list the experts that have slots (active first: the others
-//                          become empty groups at the end, with no tiles), and write the argument
-//                          tables of every grouped GEMM (gemm_tables.h);
+//   1. plan (one block):   count the slots of each expert per chunk (a thread per slot), scan them
+//                          into expert offsets, list the experts that have slots (active first:
+//                          the others become empty groups at the end, with no tiles), and write
+//                          the argument tables of every grouped GEMM (gemm_tables.h);
 //   2. gather (a block per chunk, + blocks for the shared rows): place each slot at its row in
-//                          expert order (stable: increasing slot within an expert) and copy its
-//                          token's hidden row there; record the row of each slot (inverse);
+//                          expert order (a thread per slot; stable: increasing slot within an
+//                          expert), record it (inverse), and copy its token's hidden row there;
 //   3. up GEMM:            x @ w_up[e, :r, :d]^T with ReLU^2 in the epilogue -> h;
 //                          (SiLU-GLU: gate GEMM -> g, then value GEMM with silu(g) * acc -> h);
 //   4. down GEMM:          h @ w_down[e, :d, :r]^T -> y;
