@@ -19,6 +19,7 @@ import torch
 import star_elastic_kernels  # noqa: F401  (registers every op)
 from star_elastic_kernels import _backends, _extension
 from star_elastic_kernels._console import exit_status_of
+from star_elastic_kernels.moe import _fallback as moe_fallback
 
 
 def _version(package: str) -> str | None:
@@ -68,6 +69,7 @@ def collect() -> dict:
             **_extension.build_info(),
         },
         "ops": {},
+        "moe_fallbacks": moe_fallback.report(),
     }
     for name, spec in sorted(_backends.registered_ops().items()):
         info["ops"][name] = {b: dict(zip(("status", "detail"), _cell(spec, b)))
@@ -97,6 +99,11 @@ def render(info: dict) -> str:
     lines.append("")
     for row in rows:
         lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    moe = info["moe_fallbacks"]
+    lines += ["", "  MoE fallbacks (cuda -> triton):"]
+    lines += [f"    {op}: {rule}" for op, rule in moe["rules"].items()]
+    for op, reasons in moe["taken"].items():
+        lines += [f"    taken in this process: {op} x{n}: {reason}" for reason, n in reasons.items()]
     return "\n".join(lines)
 
 

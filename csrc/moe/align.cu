@@ -26,7 +26,7 @@ __host__ __device__ inline int64_t expert_of(const AlignParams& p, int64_t slot)
 }
 
 // Phase 1, thread = chunk: the chunk's histogram over the experts (ids out of range are
-// skipped rather than written out of bounds; the wrapper has excluded them).
+// skipped rather than written out of bounds, and flagged).
 __host__ __device__ void count_chunk(const AlignParams& p, int64_t chunk) {
   int32_t* row = p.workspace + chunk * p.num_experts;
   for (int64_t e = 0; e < p.num_experts; ++e) row[e] = 0;
@@ -34,7 +34,11 @@ __host__ __device__ void count_chunk(const AlignParams& p, int64_t chunk) {
   chunk_range(p, chunk, &begin, &end);
   for (int64_t s = begin; s < end; ++s) {
     const int64_t e = expert_of(p, s);
-    if (e >= 0 && e < p.num_experts) ++row[e];
+    if (e >= 0 && e < p.num_experts) {
+      ++row[e];
+    } else {
+      raise_error(p.error_flag, kErrorIdsOutOfRange);
+    }
   }
 }
 

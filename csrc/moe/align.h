@@ -22,6 +22,8 @@
 
 #include <cstdint>
 
+#include "moe/error_flags.h"
+
 namespace star_elastic {
 namespace moe {
 
@@ -35,7 +37,8 @@ __host__ __device__ inline int64_t align_chunk(int64_t num_slots) {
 }
 
 struct AlignParams {
-  const void* ids;  // (num_slots,) contiguous, int32 or int64, values in [0, num_experts)
+  const void* ids;  // (num_slots,) contiguous, int32 or int64; ids outside [0, num_experts) are
+                    // skipped (no slot, no count) and raise kErrorIdsOutOfRange
   bool ids_int64;
   int64_t num_slots;
   int64_t num_experts;
@@ -45,6 +48,7 @@ struct AlignParams {
   int32_t* counts;          // (num_experts,)
   int32_t* expert_offsets;  // (num_experts + 1,)
   int32_t* block_offsets;   // (num_experts + 1,)
+  int32_t* error_flag;      // nullptr or one int32: kErrorIdsOutOfRange (error_flags.h)
 };
 
 inline int64_t align_workspace_elements(int64_t num_slots, int64_t num_experts) {

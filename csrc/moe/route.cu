@@ -80,7 +80,11 @@ __host__ __device__ void route_token(const RouteParams& p, int64_t t) {
         best_id = e;
       }
     }
-    if (best_id < 0) best_id = 0;  // fewer active experts than top_k: excluded by the caller
+    if (best_id < 0) {  // fewer active experts than top_k (error_flags.h)
+      raise_error(p.error_flag, kErrorTooFewActiveExperts);
+      best_id = 0;
+      best_score = 0.0f;
+    }
     ids[j] = static_cast<int32_t>(best_id);
     weights[j] = best_score;
     total += best_score;

@@ -11,7 +11,9 @@
 //   choice(e) = score(e) + bias[e] (bias optional, fp32), -inf when not active
 //   ids[t, :] = the top_k columns by decreasing choice (lowest index first on ties)
 //   weights[t, j] = score(ids[t, j]) / (sum_j score(ids[t, j]) + 1e-20 if renormalize) * scaling
-// The caller guarantees top_k <= the number of active columns.
+// With fewer active columns than top_k (a mask with too few experts: its count is device data),
+// the picks that find no active column get id 0 and weight 0, and kErrorTooFewActiveExperts is
+// raised in error_flag.
 //
 // Every token's work is one __host__ __device__ function (route_token). route_cuda launches it
 // over a grid; route_host runs the very same function sequentially on the CPU, so CPU tests
@@ -21,6 +23,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+
+#include "moe/error_flags.h"
 
 namespace star_elastic {
 namespace moe {
@@ -35,6 +39,7 @@ struct RouteParams {
   const uint8_t* mask;   // nullptr or (>= num_columns,) contiguous bool bytes
   float* weights;        // (num_tokens, top_k) contiguous
   int32_t* ids;          // (num_tokens, top_k) contiguous
+  int32_t* error_flag;   // nullptr or one int32 (error_flags.h)
   int64_t num_tokens, num_columns, num_prefix;
   int top_k;
   bool softmax, renormalize;

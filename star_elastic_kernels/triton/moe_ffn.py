@@ -21,8 +21,9 @@ from star_elastic_kernels.triton import moe_align as align_kernels
 from star_elastic_kernels.triton import moe_gemm as gemm
 
 
-def _routed_layout(ids: torch.Tensor, num_experts: int, block_m: int):
-    slots, counts, expert_offsets, block_offsets = align_kernels.moe_align(ids, num_experts, block_m)
+def _routed_layout(ids: torch.Tensor, num_experts: int, block_m: int, error_flag: torch.Tensor):
+    slots, counts, expert_offsets, block_offsets = align_kernels.moe_align(ids, num_experts, block_m,
+                                                                           error_flag)
     return slots, expert_offsets, block_offsets
 
 
@@ -50,14 +51,14 @@ def _ffn_forward(hidden, w_up, w_down, r, d, activation, *, num_rows, seg, block
 
 
 def moe_ffn_forward(hidden, w_up, w_down, weights, ids, shared_up, shared_down, activation: str,
-                    r: int, d: int, s: int, scaling: float) -> torch.Tensor:
+                    r: int, d: int, s: int, scaling: float, error_flag: torch.Tensor) -> torch.Tensor:
     num_tokens, top_k = ids.shape
     num_experts = w_down.shape[0]
     num_slots = num_tokens * top_k
     out = torch.zeros(num_tokens, d, dtype=torch.float32, device=hidden.device)
     if num_slots:
         block_m = gemm.block_m_for(num_slots / num_experts)
-        slots, seg, blocks = _routed_layout(ids, num_experts, block_m)
+        slots, seg, blocks = _routed_layout(ids, num_experts, block_m, error_flag)
         # every slot belongs to exactly one expert, so the down GEMM writes every row
         per_slot = torch.empty(num_slots, d, dtype=torch.float32, device=hidden.device)
         _ffn_forward(hidden, w_up, w_down, r, d, activation, num_rows=num_slots, seg=seg,
@@ -133,7 +134,8 @@ def _ffn_backward(grad_rows, x_rows, w_up, w_down, r, d, activation, *, num_rows
 
 
 def moe_ffn_backward(grad_out, hidden, w_up, w_down, weights, ids, shared_up, shared_down,
-                     activation: str, r: int, d: int, s: int, scaling: float):
+                     activation: str, r: int, d: int, s: int, scaling: float,
+                     error_flag: torch.Tensor):
     """-> (grad hidden, grad w_up, grad w_down, grad weights, grad shared_up, grad shared_down)."""
     num_tokens, top_k = ids.shape
     num_experts = w_down.shape[0]
@@ -144,7 +146,7 @@ def moe_ffn_backward(grad_out, hidden, w_up, w_down, weights, ids, shared_up, sh
     grad_w_up, grad_w_down = torch.zeros_like(w_up), torch.zeros_like(w_down)
     if num_slots:
         block_m = gemm.block_m_for(num_slots / num_experts)
-        slots, seg, blocks = _routed_layout(ids, num_experts, block_m)
+        slots, seg, blocks = _routed_layout(ids, num_experts, block_m, error_flag)
         slots = slots.long()
         tokens = torch.div(slots, top_k, rounding_mode="floor")
         row_weight = weights.reshape(-1).float()[slots]

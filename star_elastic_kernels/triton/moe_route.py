@@ -1,5 +1,7 @@
 """Triton top-k routing (Nemotron v3 semantics): fp32 scores, choice on score + correction bias,
 masked experts never chosen, unbiased weights renormalised over the k chosen, times the scaling.
+A pick that finds no active expert left (a mask with fewer experts than top_k) gets expert 0 with
+weight 0 and sets bit 2 of the device error flag (star_elastic_kernels/moe/_errors.py).
 
 One program routes a block of tokens with the whole (padded) expert row in registers; the top-k is
 k rounds of "take the maximum, lowest index on ties, then knock it out".
@@ -14,7 +16,7 @@ import triton.language as tl
 
 @triton.jit
 def _route_kernel(
-    logits_ptr, bias_ptr, mask_ptr, weights_ptr, ids_ptr,
+    logits_ptr, bias_ptr, mask_ptr, weights_ptr, ids_ptr, error_ptr,
     num_tokens, num_columns, num_prefix, stride_lt, stride_le, scaling,
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, SOFTMAX: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_MASK: tl.constexpr, RENORMALIZE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
@@ -46,8 +48,11 @@ def _route_kernel(
     total = tl.zeros([BLOCK_T], dtype=tl.float32)
     for j in tl.static_range(TOP_K):
         best = tl.max(choice, axis=1)
+        none_left = best == float("-inf")
+        tl.atomic_or(error_ptr + 0 * rows, 2, mask=row_ok & none_left)
         index = tl.min(tl.where(choice == best[:, None], cols[None, :], BLOCK_E), axis=1)
-        picked = cols[None, :] == index[:, None]
+        index = tl.where(none_left, 0, index)
+        picked = (cols[None, :] == index[:, None]) & (best[:, None] > float("-inf"))
         weight = tl.sum(tl.where(picked, scores, 0.0), axis=1)
         total += weight
         chosen_w = tl.where(ks[None, :] == j, weight[:, None], chosen_w)
@@ -64,7 +69,8 @@ def _route_kernel(
 
 def moe_route(logits: torch.Tensor, correction_bias: torch.Tensor | None,
               expert_mask: torch.Tensor | None, top_k: int, softmax: bool, num_prefix: int,
-              renormalize: bool, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+              renormalize: bool, scaling: float,
+              error_flag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """logits (T, Ec) -> (weights (T, k) fp32, ids (T, k) int32); checked arguments only."""
     num_tokens, num_columns = logits.shape
     weights = torch.empty(num_tokens, top_k, dtype=torch.float32, device=logits.device)
@@ -76,7 +82,7 @@ def moe_route(logits: torch.Tensor, correction_bias: torch.Tensor | None,
     mask = None if expert_mask is None else expert_mask[:num_columns].to(torch.int8)
     _route_kernel[(triton.cdiv(num_tokens, block_t),)](
         logits, correction_bias if correction_bias is not None else logits,
-        mask if mask is not None else ids, weights, ids,
+        mask if mask is not None else ids, weights, ids, error_flag,
         num_tokens, num_columns, num_prefix, logits.stride(0), logits.stride(1), float(scaling),
         TOP_K=top_k, K_PAD=triton.next_power_of_2(top_k), SOFTMAX=softmax,
         HAS_BIAS=correction_bias is not None, HAS_MASK=mask is not None,

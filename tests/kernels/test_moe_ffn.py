@@ -365,8 +365,44 @@ def test_cuda_backend_gradients_match_reference():
 
 
 @pytest.mark.gpu
-def test_cuda_backend_refuses_unaligned_widths_when_asked_explicitly():
+def test_cuda_backend_runs_any_width_and_refuses_a_misaligned_parent():
+    """Widths off every multiple of 8 run on the CUTLASS path (TMA zero-fills past them); a parent
+    whose row stride is not 16-byte aligned is refused when asked for explicitly, and auto falls
+    back to Triton with a warning."""
     layer = make_layer(5, 4, 2, 16, 16, device="cuda", dtype=torch.bfloat16)
+    torch.testing.assert_close(call(layer, "cuda", r=13, d=11), call(layer, "torch", r=13, d=11),
+                               **TOL[torch.bfloat16])
+    odd = make_layer(5, 4, 2, 18, 12, device="cuda", dtype=torch.bfloat16)  # rows of 18 values
     with pytest.raises(sek.BackendUnavailableError, match="multiples of 8"):
-        call(layer, "cuda", r=12)
-    torch.testing.assert_close(call(layer, None, r=12), call(layer, "torch", r=12), **TOL[torch.bfloat16])
+        call(odd, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tokens", [1, 300, 2000])  # 1-3, 75 and 500 rows per expert: swap-AB,
+@pytest.mark.parametrize("activation", ["relu2", "silu_glu"])  # pingpong, cooperative
+def test_cuda_backend_every_schedule_matches_reference(tokens, activation):
+    from star_elastic_kernels.moe import gemm as gemm_ops
+
+    layer = make_layer(tokens, 16, 4, 256, 192, activation=activation, shared=128,
+                       dtype=torch.bfloat16, device="cuda")
+    schedule = gemm_ops.schedule_for(tokens * 4, 16)
+    assert schedule == {1: gemm_ops.SCHEDULE_SWAP_AB, 300: gemm_ops.SCHEDULE_PINGPONG,
+                        2000: gemm_ops.SCHEDULE_COOPERATIVE}[tokens]
+    got = call(layer, "cuda", activation=activation, r=136, d=200, s=72, scaling=2.5)
+    want = call(layer, "torch", activation=activation, r=136, d=200, s=72, scaling=2.5)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.float(), want.float(), rtol=5e-2, atol=5e-2)
+    sek.moe.raise_device_errors()  # no device-side check failed
+
+
+@pytest.mark.gpu
+def test_cuda_backend_is_capturable_in_a_cuda_graph():
+    """No host sync and no allocation-dependent host state: one captured replay equals eager."""
+    layer = make_layer(4, 16, 4, 256, 192, shared=128, dtype=torch.bfloat16, device="cuda")
+    eager = call(layer, "cuda", scaling=2.5)  # also warms the CUTLASS argument cache
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = call(layer, "cuda", scaling=2.5)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(captured, eager, rtol=0, atol=0)
