@@ -242,9 +242,10 @@ def tiny_train_config(path: Path, **train_overrides) -> Path:
         "num_attention_heads = 2", "num_key_value_heads = 1", "attention_head_dim = 8",
         "mlp_intermediate_size = 32", "moe_num_experts = 4", "moe_top_k = 2",
         "moe_intermediate_size = 16", "moe_shared_intermediate_size = 16", "width_granularity = 8",
-        "[data]", 'source = "synthetic:addition"', "count = 16", "max_len = 24",
+        "[data]", 'source = "synthetic:addition"', "count = 16", "min_digits = 1", "max_digits = 1",
+        "max_len = 28",
         "[train]", *(f"{key} = {value}" for key, value in train.items()),
-        "[[train.stages]]", 'name = "only"', "steps = 2", "seq_len = 16", "batch_size = 2", ""]))
+        "[[train.stages]]", 'name = "only"', "steps = 2", "seq_len = 28", "batch_size = 2", ""]))
     return path
 
 

@@ -5,14 +5,13 @@
 1. the task: addition written as ``Q:a+b=?\\n<think>one line per digit</think>A:sum``. Thinking
    is long and easy (each line adds two digits and a carry), the answer short and hard (the sum's
    digits gathered from the lines in reverse, the last carry first). Short problems (few digits)
-   and long ones (the test problems' size) are generated locally, and packed two to a sequence
-   for the long-context stage;
+   and long ones (the test problems' size) are generated locally;
 2. a tiny hybrid Mamba-2 / attention / MLP / MoE parent trained on it (next-token cross-entropy);
 3. importance estimation (Mamba heads on their top channels, eq. 4; layers by iterative
    normalised-MSE) and the permutation that makes every submodel a prefix;
 4. one elastic distillation run with the router (widths and depth, active-parameter cost) and
-   the two-stage curriculum on whole samples (the short stage trains on lone problems, the
-   long stage also on packed ones, skewed to the full budget) for 100 / 70 / 45 % of the active
+   the two-stage curriculum on whole samples (the short stage trains on the short problems, the
+   long stage on all of them, skewed to the full budget) for 100 / 70 / 45 % of the active
    parameters, the frozen parent as teacher;
 5. zero-shot slicing of every budget (checked against the masked parent) and its export;
 6. evaluation of every configuration on the held-out test problems: every budget alone and every
@@ -81,7 +80,10 @@ class DemoSettings:
     student_lr: float = 2e-3
     router_lr: float = 5e-3
     router_lambda: float = 1.0
-    pack: int = 2  # problems per sequence of the long-context stage
+    # problems per packed sequence of the long stage (1: none, the short stage then trains on the
+    # short problems only). Packing 2 took the full demo from 9 to 15 minutes here, and the KD
+    # still rose about 3x at the switch, as without it (stage 1 never sees the packed context).
+    pack: int = 1
     # the router's Mode 2 (probability-weighted prefix masks): in trials on this task its KD
     # gradient told the widths apart, while with hard masks (Mode 1) the cost alone chose and cut
     # the Mamba and attention heads the answer needs (70% budget: 95% vs 2% accuracy)
@@ -121,13 +123,13 @@ def parent_config(settings: DemoSettings, vocab_size: int) -> ElasticConfig:
 
 @dataclasses.dataclass
 class Task:
-    """Training sequences, all whole: every problem alone (short and long problems) and the same
-    problems packed ``pack`` to a sequence (the long-context stage); held-out test problems."""
+    """Training sequences, all whole: every problem alone (short and long problems) and, with
+    ``pack`` > 1, the same problems packed ``pack`` to a sequence; held-out test problems."""
 
     tokenizer: data.CharTokenizer
     tokens: torch.Tensor  # (N, L) int64
     mask: torch.Tensor  # (N, L) bool
-    single_len: int  # tokens of the longest lone problem: the short stage's seq_len
+    short_len: int  # the short stage's seq_len: the longest short problem (lone problem, packing)
     test: list[data.ArithmeticExample]
 
 
@@ -142,10 +144,11 @@ def make_task(settings: DemoSettings, seed: int) -> Task:
                                                 max_digits=settings.long_digits[1], seed=seed + 1)
             if e.prompt not in held_out]
     singles = [e.text for e in short + long]
-    packed = data.pack_texts(singles, settings.pack, seed=seed)
+    packed = data.pack_texts(singles, settings.pack, seed=seed) if settings.pack > 1 else []
     lengths = [len(tokenizer.encode(text)) + 2 for text in singles + packed]  # + <bos>, <eos>
     tokens, mask = data.encode_batch(tokenizer, singles + packed, max(lengths), truncate=False)
-    return Task(tokenizer, tokens, mask, max(lengths[: len(singles)]), test)
+    short_len = max(lengths[: len(singles) if packed else len(short)])
+    return Task(tokenizer, tokens, mask, short_len, test)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -192,8 +195,8 @@ def rank_and_permute(parent: ElasticModel, task: Task) -> tuple[list[int], float
 
 
 def curriculum(settings: DemoSettings, task: Task, steps: tuple[int, int]) -> list[Stage]:
-    """Lone whole problems first (uniform budgets), then packed ones too (skewed to the full one)."""
-    return [Stage("short", steps[0], task.single_len, settings.elastic_batch),
+    """Short whole sequences first (uniform budgets), then all of them (skewed to the full one)."""
+    return [Stage("short", steps[0], task.short_len, settings.elastic_batch),
             Stage("long", steps[1], task.tokens.shape[1], settings.elastic_batch, (0.5, 0.3, 0.2))]
 
 
@@ -512,7 +515,7 @@ def claims(runs: list[dict]) -> dict:
         frontier.append({"think": first["think"], "answer": first["answer"], "thinking_cap": first["thinking_cap"],
                          "accuracy": mean([c["accuracy"] for c in same]),
                          "cost": mean([c["cost"]["1.0"] for c in same])})
-    return {"test_problems": len(runs[0]["configurations"]) and runs[0]["settings"]["test_examples"],
+    return {"test_problems": runs[0]["settings"]["test_examples"],
             "seeds": [r["seed"] for r in runs], "nested_vs_separate": nested, "frontier": frontier}
 
 
@@ -694,7 +697,7 @@ def plot_pareto(configurations: list[dict], path: Path, *, title: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
     for ax, rho, words in ((axes[0], "1.0", "rho = 1: a re-prefilled token costs a decoded one"),
                            (axes[1], "0.0", "rho = 0: re-prefill free")):
-        points = sorted((c["cost"][rho], c["accuracy"], c) for c in configurations)
+        points = sorted(((c["cost"][rho], c["accuracy"], c) for c in configurations), key=lambda p: p[:2])
         for cost, accuracy, c in points:
             mixed = c["think"] != c["answer"]
             ax.scatter(cost, accuracy, marker="^" if mixed else "o", s=46 if c["thinking_cap"] is None else 22,

@@ -87,3 +87,19 @@ def test_encode_batch_pads_and_truncates():
     assert tokens[0].tolist() == [tok.bos_id, *tok.encode("12"), tok.eos_id, tok.pad_id, tok.pad_id]
     assert mask[0].tolist() == [True, True, True, True, False, False]
     assert tokens[1].tolist() == [tok.bos_id, *tok.encode("12345")]
+
+
+def test_pack_texts_frames_every_text_whole_and_once():
+    texts = [e.text for e in data.arithmetic_examples(7, min_digits=1, max_digits=3, seed=2)]
+    packs = data.pack_texts(texts, 3, seed=1)
+    assert [len(p.split("<eos><bos>")) for p in packs] == [3, 3, 1]
+    assert sorted(part for p in packs for part in p.split("<eos><bos>")) == sorted(texts)
+    tokenizer = data.load_tokenizer("char")
+    tokens, mask = data.encode_batch(tokenizer, packs, 200, truncate=False)
+    ids = tokens[0][mask[0]].tolist()
+    # <bos> text <eos> <bos> text <eos> <bos> text <eos>: each text framed as a lone one would be
+    assert ids.count(tokenizer.bos_id) == 3 and ids.count(tokenizer.eos_id) == 3
+    with pytest.raises(ValueError, match="per_pack"):
+        data.pack_texts(texts, 0)
+    with pytest.raises(ValueError, match="more than seq_len"):
+        data.encode_batch(tokenizer, packs, 20, truncate=False)

@@ -117,7 +117,9 @@ def test_qad_from_the_command_line(tmp_path):
 checkpoint = "{tmp_path / 'elastic'}"
 [data]
 count = 32
-max_len = 24
+min_digits = 1
+max_digits = 1
+max_len = 28
 [train]
 budget_names = ["full", "half"]
 budget_targets = [1.0, 0.5]
@@ -127,7 +129,7 @@ progress = false
 [[train.stages]]
 name = "qad"
 steps = 2
-seq_len = 24
+seq_len = 28
 batch_size = 4
 [qad]
 format = "fp8"
