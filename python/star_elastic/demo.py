@@ -709,9 +709,15 @@ def plot_pareto(configurations: list[dict], path: Path, *, title: str) -> None:
                 frontier.append((cost, accuracy, c))
                 best = accuracy
         ax.plot([p[0] for p in frontier], [p[1] for p in frontier], linestyle="--", color="gray", zorder=2)
-        for cost, accuracy, c in frontier:
-            ax.annotate(_label(c), (cost, accuracy), fontsize=7, xytext=(4, -10), textcoords="offset points",
-                        annotation_clip=True)
+        # Label the frontier where it solves something (near 0% the points crowd) and the full
+        # budget, the reference every cost is a fraction of.
+        labelled = [p for p in frontier if p[1] >= 0.05]
+        labelled += [p for p in points if p[2]["think"] == p[2]["answer"] == BUDGETS[0][0]
+                     and p[2]["thinking_cap"] is None and p not in labelled]
+        for cost, accuracy, c in labelled:
+            above = c["think"] == c["answer"] == BUDGETS[0][0]  # clear of a frontier label below
+            ax.annotate(_label(c), (cost, accuracy), fontsize=7, xytext=(5, 5 if above else -11),
+                        textcoords="offset points", annotation_clip=True)
         ax.set_title(words, fontsize=9)
         ax.set_xlabel("modeled decode cost (full budget = 1.0)")
         ax.xaxis.set_major_formatter(FormatStrFormatter("%.1f"))
