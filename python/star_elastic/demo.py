@@ -480,17 +480,22 @@ def _router_report(history: list[dict], budgets, router: ElasticRouter, settings
 
 
 def _stage_switch(history: list[dict], settings: DemoSettings) -> dict:
-    """Mean KD of every budget over the last steps of the short stage and the first of the long."""
+    """Mean KD of every budget over the last steps of the short stage and the first of the long:
+    over all rows (``kd_after``) and over the long stage's short rows alone (``kd_short_after``),
+    which the short stage also trained on."""
     switch = settings.elastic_stage_steps[0]
     window = max(1, min(10, switch, settings.elastic_stage_steps[1]))
     report = {"switch_step": switch, "window": window}
     for name, _ in BUDGETS:
-        def mean(rows):
-            values = [m[f"kd/{name}"] for m in rows if m[f"kd/{name}"] is not None]
+        def mean(rows, key):
+            values = [m[key] for m in rows if m.get(key) is not None]
             return sum(values) / len(values) if values else None
-        before, after = mean(history[switch - window:switch]), mean(history[switch:switch + window])
-        report[name] = {"kd_before": before, "kd_after": after,
-                        "ratio": after / before if before and after is not None else None}
+        before = mean(history[switch - window:switch], f"kd/{name}")
+        after = mean(history[switch:switch + window], f"kd/{name}")
+        short_after = mean(history[switch:switch + window], f"kd_short/{name}")
+        report[name] = {"kd_before": before, "kd_after": after, "kd_short_after": short_after,
+                        "ratio": after / before if before and after is not None else None,
+                        "short_ratio": short_after / before if before and short_after is not None else None}
     return report
 
 
@@ -615,12 +620,17 @@ def render_markdown(results: dict, runs: list[dict]) -> str:
                          f"first tenth of the run; the sample last changed at step {r['last_change_step']} of "
                          f"{r['steps']}.")
         switch = run["curriculum"]
-        kd = "; ".join(f"{name} {s['kd_before']:.4f} -> {s['kd_after']:.4f}"
+        kd = "; ".join(f"{name} {s['kd_before']:.4f} -> {s['kd_after']:.4f} (short rows {_kd(s['kd_short_after'])})"
                        for name, s in switch.items() if isinstance(s, dict) and s["kd_before"] is not None
                        and s["kd_after"] is not None)
         lines.append(f"- KD loss per budget over the {switch['window']} steps before and after the stage "
-                     f"switch (step {switch['switch_step']}): {kd}.")
+                     f"switch (step {switch['switch_step']}), after it also over the short problems alone, "
+                     f"which the short stage trained on: {kd}.")
     return "\n".join(lines) + "\n"
+
+
+def _kd(value: float | None) -> str:
+    return "none drawn" if value is None else f"{value:.4f}"
 
 
 def _claims_in_words(results: dict, runs: list[dict]) -> list[str]:

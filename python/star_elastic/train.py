@@ -151,8 +151,9 @@ def _world() -> tuple[int, int]:
 
 class ElasticObjective(nn.Module):
     """Student + router as one module, so data parallelism wraps (and syncs) both; ``forward``
-    returns the loss of one shard and, for logging, per-budget KD sums, sample counts and the cost
-    fractions of the sampled architectures.
+    returns the loss of one shard and, for logging, per-budget KD sums and sample counts (over all
+    rows, and over the ``short_rows`` alone), the cost fractions of the sampled architectures and
+    the active parameters x rows computed.
 
     With ``router=None`` the budgets are fixed (``budgets``, one per name; QAD uses this)."""
 
@@ -193,18 +194,23 @@ class ElasticObjective(nn.Module):
 
     def forward(self, tokens, mask, teacher_logits, budget_ids, *, step: int, seed: int,
                 tau: float, scale: float, temperature: float, ce_weight: float,
-                router_lambda: float, total_samples: int):
+                router_lambda: float, total_samples: int, short_rows: torch.Tensor | None = None):
         with parametrize.cached():  # fake-quantized weights (QAD): quantize once per step
             return self._forward(tokens, mask, teacher_logits, budget_ids, step=step, seed=seed,
                                  tau=tau, scale=scale, temperature=temperature,
                                  ce_weight=ce_weight, router_lambda=router_lambda,
-                                 total_samples=total_samples)
+                                 total_samples=total_samples, short_rows=short_rows)
 
     def _forward(self, tokens, mask, teacher_logits, budget_ids, *, step, seed, tau, scale,
-                 temperature, ce_weight, router_lambda, total_samples):
+                 temperature, ce_weight, router_lambda, total_samples, short_rows=None):
         loss = tokens.new_zeros((), dtype=torch.float32)
         kd_sums = torch.zeros(self.num_budgets)
         counts = torch.zeros(self.num_budgets)
+        # the same sums over the rows short enough for the first stage (short_rows, bool per row)
+        short_sums = torch.zeros(self.num_budgets)
+        short_counts = torch.zeros(self.num_budgets)
+        if short_rows is None:
+            short_rows = torch.ones(tokens.shape[0], dtype=torch.bool)
         costs = torch.zeros(self.num_budgets)
         # active parameters x sequences computed per budget, for the FLOP count
         param_rows = torch.zeros(self.num_budgets, dtype=torch.float64)
@@ -226,9 +232,12 @@ class ElasticObjective(nn.Module):
             loss = loss + weight * (per_sample.sum() + router_lambda * router_loss * rows.numel()) / total_samples
             kd_sums[b] = weight * per_sample.detach().sum()
             counts[b] = weight * rows.numel()
+            short = short_rows[rows].to(per_sample.device)
+            short_sums[b] = weight * per_sample.detach()[short].sum()
+            short_counts[b] = weight * short.sum()
             computed = parameter_count(self.student.config, forward.get("budget"))
             param_rows[b] = computed.active_without_embeddings * rows.numel()
-        return loss, kd_sums, counts, costs, param_rows
+        return loss, (kd_sums, counts, short_sums, short_counts), costs, param_rows
 
 
 class ElasticDistillationTrainer:
@@ -251,6 +260,9 @@ class ElasticDistillationTrainer:
     Each step's metrics carry ``flops``: the model FLOPs the step computed, counted as 2 per
     active parameter (input embedding excluded) and token for the teacher's forward and 6 for the
     student's forward + backward at each sampled architecture, over the padded tokens processed.
+    From the second stage on, ``kd_short/<budget>`` is the KD over the step's rows that also fit
+    the first stage: continuous across a stage switch unless the switch itself disturbs the model
+    (``kd/<budget>`` also counts the longer rows the first stage never had).
     """
 
     def __init__(self, teacher: ElasticModel, student: ElasticModel, router: ElasticRouter | None,
@@ -312,7 +324,8 @@ class ElasticDistillationTrainer:
         shard = slice(self.rank, None, self.world)
         tokens = self.tokens[rows[shard], :length]
         mask = self.mask[rows[shard], :length]
-        return tokens, mask, budget_ids[shard], stage
+        short_rows = self.lengths[rows[shard]] <= self.config.stages[0].seq_len
+        return tokens, mask, budget_ids[shard], stage, short_rows
 
     def train_step(self) -> dict:
         """One optimizer step (``grad_accum`` micro-batches); returns its metrics."""
@@ -324,36 +337,41 @@ class ElasticDistillationTrainer:
         tau = schedules.linear(step, total, *config.tau)
         scale = schedules.linear(step, total, *config.logit_scale)
         self.optimizer.zero_grad(set_to_none=True)
-        kd_sums = torch.zeros(len(config.budget_names))
-        counts = torch.zeros(len(config.budget_names))
+        # KD sums and counts over all rows and over the rows short enough for the first stage
+        sums = torch.zeros(4, len(config.budget_names))
         loss_sum, flops = 0.0, torch.zeros((), dtype=torch.float64)
         for micro in range(config.grad_accum):
-            tokens, mask, budget_ids, stage = self._batch(step, micro)
+            tokens, mask, budget_ids, stage, short_rows = self._batch(step, micro)
             with torch.no_grad():
                 teacher_logits = self._teacher_logits(tokens, budget_ids)
             autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=tokens.is_cuda)
             with autocast:
-                loss, sums, n, costs, param_rows = self.model(
+                loss, micro_sums, costs, param_rows = self.model(
                     tokens, mask, teacher_logits, budget_ids, step=step, seed=config.seed,
                     tau=tau, scale=scale, temperature=config.kd_temperature,
                     ce_weight=config.ce_weight, router_lambda=config.router_lambda,
-                    total_samples=stage.batch_size // self.world * config.grad_accum)
+                    total_samples=stage.batch_size // self.world * config.grad_accum,
+                    short_rows=short_rows)
             loss.backward()
             loss_sum += float(loss.detach())
-            kd_sums += sums
-            counts += n
+            sums += torch.stack(micro_sums)
             flops += tokens.shape[1] * (6 * param_rows.sum() + 2 * self._teacher_param_rows(budget_ids))
         self.optimizer.step()
         if self.world > 1:
-            for t in (kd_sums, counts, flops):
+            for t in (sums, flops):
                 dist.all_reduce(t)
             reduced = torch.tensor(loss_sum)
             dist.all_reduce(reduced)
             loss_sum = float(reduced) / self.world
         metrics = {"step": step, "stage": stage.name, "loss": loss_sum, "tau": tau, "scale": scale,
                    "lr": config.lr * multiplier, "flops": float(flops)}
+        kd_sums, counts, short_sums, short_counts = sums
+        later_stage = config.stage_index(step) > 0
         for b, name in enumerate(config.budget_names):
             metrics[f"kd/{name}"] = float(kd_sums[b] / counts[b]) if counts[b] > 0 else None
+            if later_stage:  # continuity across a stage switch: the rows the first stage also had
+                metrics[f"kd_short/{name}"] = (float(short_sums[b] / short_counts[b])
+                                               if short_counts[b] > 0 else None)
         router = self.objective.router
         if router is not None:
             for b, name in enumerate(config.budget_names):

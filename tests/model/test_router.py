@@ -186,7 +186,7 @@ def test_router_with_depth_reaches_its_target_and_drops_layers():
     assert abs(got - 0.45) / 0.45 < 0.05, got
 
 
-def test_hard_masks_with_depth_equal_the_budget_forward_and_soft_depth_weighs_layers():
+def test_masks_with_depth_equal_the_budget_forward_in_both_modes_and_soft_layer_weights_are_not_run():
     from star_elastic import ElasticModel
 
     torch.manual_seed(2)
@@ -206,10 +206,27 @@ def test_hard_masks_with_depth_equal_the_budget_forward_and_soft_depth_weighs_la
         assert torch.allclose(masked, sliced, atol=2e-5), (masked - sliced).abs().max()
         assert torch.equal(gated, sliced)
     assert skipped, "no sample dropped a layer: the test would not check depth"
-    decision = router.sample("x", tau=1.0, generator=torch.Generator().manual_seed(0))
-    keep = decision.layer_keep(next(a for a in router.axes if a.name == "depth"), "soft")
-    keep = keep.detach()
-    assert float(keep[5]) == pytest.approx(1.0) and 0 < float(keep[2]) < 1  # the top layer is always kept
+    # The Gumbel-softmax layer weights are fractional, but no sliced budget runs a fraction of a
+    # layer: soft width masks come with the sampled layers, 0 or 1, and the depth gradient.
+    depth = next(a for a in router.axes if a.name == "depth")
+    for seed in range(6):
+        decision = router.sample("x", tau=1.0, generator=torch.Generator().manual_seed(seed))
+        keep = decision.layer_keep(depth, "soft").detach()
+        assert float(keep[5]) == pytest.approx(1.0)  # the top-ranked layer is always kept
+        masks = decision.channel_masks(config, "soft")
+        layer_weights = torch.stack([layer["layer"] for layer in masks.layers])
+        sampled = decision.layer_keep(depth, "hard")
+        assert torch.equal(layer_weights.detach(), sampled)
+        if 0 < float(keep.min()) < 1 and not bool(sampled.all()):
+            break
+    else:
+        raise AssertionError("no sample with fractional Gumbel weights that drops a layer")
+    router.zero_grad()
+    model(ids, masks=masks).logsumexp(-1).mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for name, p in router.named_parameters() if "depth" in name)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        decision.channel_masks(config, "policy")
 
 
 def test_sampled_architectures_keep_moving_after_the_first_tenth_of_the_run():

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from star_elastic import ElasticModel, data
+from star_elastic import ElasticModel, data, losses
 from star_elastic.budget import Budget
 from star_elastic.checkpoint import load_checkpoint, latest_checkpoint
 from star_elastic.losses import kd_loss
@@ -181,7 +181,7 @@ def test_gradient_accumulation_equals_one_large_batch(tmp_path):
             picked = rows[micro * micro_size:(micro + 1) * micro_size]
             return (trainer.tokens[picked, :24], trainer.mask[picked, :24],
                     budget_ids[micro * micro_size:(micro + 1) * micro_size],
-                    trainer.config.stage_at(step))
+                    trainer.config.stage_at(step), torch.ones(len(picked), dtype=torch.bool))
         trainer._batch = batch
 
     large = _tiny_trainer(tmp_path / "large", batch_size=8, grad_accum=1)
@@ -215,7 +215,7 @@ def test_gradient_accumulation_equals_one_large_batch(tmp_path):
 
 def test_integer_budget_weights_draw_every_budget(tmp_path):
     trainer = _tiny_trainer(tmp_path, batch_size=64, grad_accum=1, budget_weights=(2, 1, 1))
-    _, _, budget_ids, _ = trainer._batch(0, 0)
+    _, _, budget_ids, _, _ = trainer._batch(0, 0)
     counts = torch.bincount(budget_ids, minlength=3)
     assert counts.sum() == 64 and counts.min() > 0 and counts[0] > counts[2]
 
@@ -265,7 +265,7 @@ def test_every_stage_draws_whole_samples_and_the_short_stage_only_short_ones(tmp
     trainer = ElasticDistillationTrainer(teacher, student, router, tokens, mask, train_config)
     longest = {}
     for step in range(train_config.total_steps):
-        batch_tokens, batch_mask, _, stage = trainer._batch(step, 0)
+        batch_tokens, batch_mask, _, stage, _ = trainer._batch(step, 0)
         assert batch_tokens.shape[1] <= stage.seq_len
         for row, row_mask in zip(batch_tokens, batch_mask):
             text = tokenizer.decode(row[row_mask].tolist())
@@ -282,11 +282,52 @@ def test_every_stage_draws_whole_samples_and_the_short_stage_only_short_ones(tmp
                                    budgets={"full": Budget()})
 
 
+def test_later_stages_log_the_kd_of_the_rows_the_first_stage_also_had(tmp_path):
+    """kd_short/<budget> is the mean per-sample KD over the batch's rows that fit the first stage,
+    recomputed here from the student before the step; the first stage logs none."""
+    config, teacher, student = toy_teacher_and_student(0)
+    tokenizer = data.load_tokenizer("char")
+    examples = (data.arithmetic_examples(40, min_digits=1, max_digits=1, seed=3)
+                + data.arithmetic_examples(40, min_digits=3, max_digits=4, seed=4))
+    tokens, mask = data.encode_batch(tokenizer, [e.text for e in examples], 72, truncate=False)
+    budgets = {"full": Budget(), "half": Budget(mlp_width=config.mlp_intermediate_size // 2)}
+    train_config = TrainConfig(stages=[Stage("short", 1, 27, 16), Stage("long", 1, 72, 16)],
+                               budget_names=tuple(budgets), budget_targets=(1.0, 0.5),
+                               out_dir=str(tmp_path), progress=False)
+    trainer = ElasticDistillationTrainer(teacher, student, None, tokens, mask, train_config,
+                                         budgets=budgets)
+    first = trainer.train_step()
+    assert not any(key.startswith("kd_short/") for key in first)
+    batch_tokens, batch_mask, budget_ids, _, short_rows = trainer._batch(1, 0)
+    lengths = batch_mask.sum(dim=1)
+    assert torch.equal(short_rows, lengths <= 27) and 0 < int(short_rows.sum()) < len(short_rows)
+    with torch.no_grad():
+        teacher_logits = teacher(batch_tokens)
+        expected = {}
+        for b, (name, budget) in enumerate(budgets.items()):
+            rows = ((budget_ids == b) & short_rows).nonzero().flatten()
+            if rows.numel():
+                per_sample = losses.kd_loss_per_sample(student(batch_tokens[rows], budget=budget),
+                                                       teacher_logits[rows],
+                                                       temperature=train_config.kd_temperature,
+                                                       mask=batch_mask[rows])
+                expected[name] = float(per_sample.mean())
+            else:
+                expected[name] = None
+    second = trainer.train_step()
+    for name, value in expected.items():
+        if value is None:
+            assert second[f"kd_short/{name}"] is None
+        else:
+            assert second[f"kd_short/{name}"] == pytest.approx(value, rel=1e-5)
+            assert second[f"kd_short/{name}"] != pytest.approx(second[f"kd/{name}"], rel=1e-3)
+
+
 def test_step_metrics_count_flops_and_log_the_sampled_architecture(tmp_path):
     from star_elastic.params import parameter_count
 
     trainer = _tiny_trainer(tmp_path, batch_size=6, grad_accum=1, steps=1)
-    tokens, mask, budget_ids, _ = trainer._batch(0, 0)
+    tokens, mask, budget_ids, _, _ = trainer._batch(0, 0)
     metrics = trainer.train_step()
     length = tokens.shape[1]
     config = trainer.teacher.config
