@@ -532,7 +532,7 @@ SSD_UNROLL
 // Lanes<T> (its registers on the device, one slot per lane on the host). warp_phase(blk, body)
 // runs a warp body for every warp, then the barrier; warp_each the same without the barrier.
 
-constexpr int kWarps = kThreads / 32;
+[[maybe_unused]] constexpr int kWarps = kThreads / 32;  // the host schedule's warp count
 constexpr int kTcTile = 64;               // rows, columns and contraction step of every tile
 constexpr int kTcPitch = kTcTile + 8;     // 144-byte rows: the 8 rows of an ldmatrix hit 8 bank quads
 constexpr int kTcSteps = kTcTile / 16;    // k16 steps of one staged tile
@@ -598,7 +598,7 @@ __host__ __device__ __forceinline__ void a_element(int lane, int reg, int half, 
   *row = lane / 4 + 8 * (reg & 1);
   *k = 2 * (lane % 4) + half + 8 * (reg >> 1);
 }
-__host__ __device__ __forceinline__ void b_element(int lane, int reg, int half, int* k, int* col) {
+[[maybe_unused]] __host__ __device__ __forceinline__ void b_element(int lane, int reg, int half, int* k, int* col) {
   *k = 2 * (lane % 4) + half + 8 * reg;
   *col = lane / 4;
 }
