@@ -502,9 +502,11 @@ ssm::ScanParams make_ssd_scan_params(
                   final_states.size(3) == state_size,
               "final_states must be a contiguous (S, H', p, N) float32 tensor");
   TORCH_CHECK(workspace.scalar_type() == at::kFloat && workspace.is_contiguous() &&
-                  workspace.numel() >= ssm::ssd_scan_workspace_floats(chunks, heads, head_dim,
-                                                                      state_size, chunk_size),
-              "workspace must be a contiguous float32 tensor of chunks*H'*(2*chunk_size + p*N) values");
+                  workspace.numel() >= ssm::ssd_scan_workspace_floats(chunks, heads, groups,
+                                                                      head_dim, state_size,
+                                                                      chunk_size),
+              "workspace must be a contiguous float32 tensor of at least "
+              "ssd_scan_workspace_floats(chunks, H', G, p, N, chunk_size) values (csrc/ssm/ssd_scan.h)");
   ssm::ScanParams p{};
   p.x = x.data_ptr();
   p.act_type = ssm_dtype_of(x, "x");

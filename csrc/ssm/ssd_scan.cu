@@ -12,17 +12,29 @@
 // Kernels (128 threads each; 64-bit offsets throughout):
 //  1. cumsum_kernel, one block per (chunk, head): processed dt and the inclusive cumsum of dt*A over
 //     the chunk (segmented: per-thread runs, then the run totals), to the workspace.
-//  2. chunk_state_kernel, per (chunk, head, 64 channels, 64 state entries): the chunk's own state
-//     S[p, n] = sum_t x[t, p] exp(cum_end - cum_t) dt_t B[t, n], as a 32-token tiled fp32 GEMM in
-//     shared memory (each thread a 4 x 8 register tile).
 //  3. state_passing_kernel, per (sequence, head, 512 state entries): walks the sequence's chunks,
 //     replacing each chunk's own state by the state entering it and writing the final state.
-//  4. chunk_scan_kernel, per (chunk, head, 64 channels, 64 tokens):
-//     y = exp(cum_t) C_t h_in  +  sum_{s<=t} (C_t . B_s) exp(cum_t - cum_s) dt_s x_s, then D x and
-//     the gate. Both terms are tiled GEMMs over shared memory (C tile 64 x 64, scores 64 x 32), the
-//     score tile masked causally and decayed in between; the output stays in registers (4 x 8).
-// Activations are read in their dtype and converted to fp32 on the way to shared memory; all
-// arithmetic and the states are fp32.
+// fp16 / bf16 activations (the matmuls on tensor cores: mma.sync.m16n8k16, fp32 accumulation,
+// operands through ldmatrix from shared memory tiles of 64 x 64 staged by 16-byte cp.async where a
+// row chunk is aligned (plain loads otherwise), two stages so the next tile's copy overlaps the
+// current MMAs; each warp owns a 16 x 64 output tile):
+//  1b. chunk_cb_kernel, per (chunk, group, 64 rows t, 64 columns s <= t): C.B^T in fp32 to the
+//     workspace, once per group: every head of the group reads it, none recomputes it.
+//  2. tc_chunk_state_kernel, per (chunk, head, 64 channels, 64 state entries): the chunk's own
+//     state S[p, n] = sum_t x[t, p] exp(cum_end - cum_t) dt_t B[t, n]; x and B are token-major,
+//     so both fragments come through ldmatrix.trans, and the decay scales the x fragment in
+//     registers before it is rounded back to 16 bits.
+//  4. tc_chunk_scan_kernel, per (chunk, head, 64 channels, 64 tokens): y = exp(cum_t) C_t h_in
+//     (the fp32 entering state rounded to 16 bits when staged) + sum_{s<=t} CB[t, s]
+//     exp(cum_t - cum_s) dt_s x_s, the decayed masked CB fragment built in registers from the
+//     workspace; each warp stops at its own last row (causal skip); then D x and the gate.
+// fp32 activations (scalar FFMA from shared memory; no tf32 path):
+//  2. chunk_state_kernel: the same state as a 32-token tiled fp32 GEMM (4 x 8 register tiles).
+//  4. chunk_scan_kernel: C.B^T per head in shared memory, masked and decayed, then both GEMMs in
+//     fp32 (C tile 64 x 64, scores 64 x 32, output 4 x 8 per thread).
+// The states and all elementwise arithmetic are fp32 in both paths. ssd_scan_host() runs the warp
+// programs of the tensor-core kernels too: ldmatrix and mma.sync are emulated lane by lane through
+// the PTX fragment maps (warp_mma, ldmatrix_x4), so the CPU tests check the fragment indexing.
 #include "ssm/ssd_scan.h"
 
 #include <cuda_bf16.h>
@@ -31,7 +43,9 @@
 #include "ssm/float_access.cuh"
 
 #include <cmath>
+#include <cstring>
 #include <memory>
+#include <type_traits>
 
 namespace star_elastic::ssm {
 namespace {
@@ -99,6 +113,9 @@ using detail::load_float;
 using detail::to_float;
 
 __host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+__host__ __device__ __forceinline__ int64_t ceil_div_i(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
 
 struct ChunkInfo {
   int64_t chunk, head, group, parent_head, batch, token0, length;
@@ -504,6 +521,644 @@ SSD_UNROLL
   });
 }
 
+// ---- tensor-core kernels (fp16 / bf16 activations) -----------------------------------------------
+//
+// Warp programs. A tensor-core step is collective over a warp (ldmatrix hands every lane pieces of
+// rows other lanes addressed; mma.sync multiplies fragments spread over the 32 lanes), so the
+// per-thread schedule of Block::phase cannot express it. Warp code is written per warp instead:
+// Warp::lanes(body) is the per-lane part (on the device the calling lane, on the host lane 0..31 in
+// turn), ldmatrix_x4 and warp_mma are the collectives (on the device the PTX instruction, on the host
+// the same data movement and product through the PTX fragment maps below), and what a lane keeps is
+// Lanes<T> (its registers on the device, one slot per lane on the host). warp_phase(blk, body)
+// runs a warp body for every warp, then the barrier; warp_each the same without the barrier.
+
+[[maybe_unused]] constexpr int kWarps = kThreads / 32;  // the host schedule's warp count
+constexpr int kTcTile = 64;               // rows, columns and contraction step of every tile
+constexpr int kTcPitch = kTcTile + 8;     // 144-byte rows: the 8 rows of an ldmatrix hit 8 bank quads
+constexpr int kTcSteps = kTcTile / 16;    // k16 steps of one staged tile
+constexpr int kTcColTiles = kTcTile / 8;  // n8 tiles of a warp's 16 x 64 output
+
+struct Warp {
+  int id;
+#ifdef __CUDA_ARCH__
+  int lane;
+  template <class F>
+  __device__ __forceinline__ void lanes(F&& body) const { body(lane); }
+#else
+  template <class F>
+  void lanes(F&& body) const {
+    for (int l = 0; l < 32; ++l) body(l);
+  }
+#endif
+};
+
+template <class F>
+__host__ __device__ __forceinline__ void warp_phase(const Block&, F&& body) {
+#ifdef __CUDA_ARCH__
+  body(Warp{static_cast<int>(threadIdx.x) / 32, static_cast<int>(threadIdx.x) % 32});
+  __syncthreads();
+#else
+  for (int w = 0; w < kWarps; ++w) body(Warp{w});
+#endif
+}
+
+template <class F>
+__host__ __device__ __forceinline__ void warp_each(const Block&, F&& body) {
+#ifdef __CUDA_ARCH__
+  body(Warp{static_cast<int>(threadIdx.x) / 32, static_cast<int>(threadIdx.x) % 32});
+#else
+  for (int w = 0; w < kWarps; ++w) body(Warp{w});
+#endif
+}
+
+template <class T>
+struct Lanes {
+#ifdef __CUDA_ARCH__
+  T value;
+  __device__ __forceinline__ T& operator[](int) { return value; }
+#else
+  T values[32];
+  T& operator[](int l) { return values[l]; }
+#endif
+};
+
+template <class T>
+struct PerWarp {
+#ifdef __CUDA_ARCH__
+  T value;
+  __device__ __forceinline__ T& operator[](int) { return value; }
+#else
+  T values[kWarps];
+  T& operator[](int w) { return values[w]; }
+#endif
+};
+
+// PTX m16n8k16 fragment maps (.row.col, 16-bit A and B, fp32 C); g = lane / 4, c = lane % 4.
+__host__ __device__ __forceinline__ void a_element(int lane, int reg, int half, int* row, int* k) {
+  *row = lane / 4 + 8 * (reg & 1);
+  *k = 2 * (lane % 4) + half + 8 * (reg >> 1);
+}
+[[maybe_unused]] __host__ __device__ __forceinline__ void b_element(int lane, int reg, int half, int* k, int* col) {
+  *k = 2 * (lane % 4) + half + 8 * reg;
+  *col = lane / 4;
+}
+__host__ __device__ __forceinline__ void c_element(int lane, int index, int* row, int* col) {
+  *row = lane / 4 + 8 * (index >> 1);
+  *col = 2 * (lane % 4) + (index & 1);
+}
+
+// 16-bit values <-> their bits, and pairs packed as a fragment register (element k in the low half).
+template <typename T>
+__host__ __device__ __forceinline__ uint16_t bits_of(T v);
+template <>
+__host__ __device__ __forceinline__ uint16_t bits_of<__half>(__half v) {
+  return static_cast<__half_raw>(v).x;
+}
+template <>
+__host__ __device__ __forceinline__ uint16_t bits_of<__nv_bfloat16>(__nv_bfloat16 v) {
+  return static_cast<__nv_bfloat16_raw>(v).x;
+}
+template <typename T>
+__host__ __device__ __forceinline__ T of_bits(uint16_t b);
+template <>
+__host__ __device__ __forceinline__ __half of_bits<__half>(uint16_t b) {
+  __half_raw r;
+  r.x = b;
+  return __half(r);
+}
+template <>
+__host__ __device__ __forceinline__ __nv_bfloat16 of_bits<__nv_bfloat16>(uint16_t b) {
+  __nv_bfloat16_raw r;
+  r.x = b;
+  return __nv_bfloat16(r);
+}
+template <typename T>
+__host__ __device__ __forceinline__ float half_of(uint32_t reg, int half) {
+  return to_float(of_bits<T>(static_cast<uint16_t>(reg >> (16 * half))));
+}
+template <typename T>
+__host__ __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+  return static_cast<uint32_t>(bits_of(from_float<T>(lo))) |
+         (static_cast<uint32_t>(bits_of(from_float<T>(hi))) << 16);
+}
+
+// ldmatrix.x4 (optionally .trans): lane l addresses row l % 8 of 8x8 matrix l / 8 (16 contiguous
+// bytes of shared memory); register i of lane l then holds matrix i's elements (l/4, 2(l%4) + h),
+// or with .trans (2(l%4) + h, l/4), h = 0 in the low half.
+template <bool kTrans, typename T, class AddrF, class OutF>
+__host__ __device__ __forceinline__ void ldmatrix_x4(const Warp& w, AddrF addr_of, OutF out_of) {
+#ifdef __CUDA_ARCH__
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(addr_of(w.lane)));
+  uint32_t* o = out_of(w.lane);
+  if constexpr (kTrans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(o[0]), "=r"(o[1]), "=r"(o[2]), "=r"(o[3])
+                 : "r"(s));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(o[0]), "=r"(o[1]), "=r"(o[2]), "=r"(o[3])
+                 : "r"(s));
+#else
+  const T* rows[32];
+  for (int l = 0; l < 32; ++l) rows[l] = addr_of(l);
+  for (int l = 0; l < 32; ++l) {
+    uint32_t* o = out_of(l);
+    for (int i = 0; i < 4; ++i) {
+      uint32_t reg = 0;
+      for (int h = 0; h < 2; ++h) {
+        const int r = kTrans ? 2 * (l % 4) + h : l / 4, col = kTrans ? l / 4 : 2 * (l % 4) + h;
+        reg |= static_cast<uint32_t>(bits_of(rows[8 * i + r][col])) << (16 * h);
+      }
+      o[i] = reg;
+    }
+  }
+#endif
+}
+
+// c += a b over one m16n8k16 tile: c_of(lane) -> float[4], a_of(lane) -> uint32_t[4],
+// b_of(lane) -> uint32_t[2], each lane's fragments.
+template <typename T, class CF, class AF, class BF>
+__host__ __device__ __forceinline__ void warp_mma(const Warp& w, CF c_of, AF a_of, BF b_of) {
+#ifdef __CUDA_ARCH__
+  float* c = c_of(w.lane);
+  const uint32_t* a = a_of(w.lane);
+  const uint32_t* b = b_of(w.lane);
+  if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  float A[16][16], Bm[16][8];
+  for (int l = 0; l < 32; ++l) {
+    const uint32_t* a = a_of(l);
+    const uint32_t* b = b_of(l);
+    for (int h = 0; h < 2; ++h) {
+      int row, k, col;
+      for (int reg = 0; reg < 4; ++reg) {
+        a_element(l, reg, h, &row, &k);
+        A[row][k] = half_of<T>(a[reg], h);
+      }
+      for (int reg = 0; reg < 2; ++reg) {
+        b_element(l, reg, h, &k, &col);
+        Bm[k][col] = half_of<T>(b[reg], h);
+      }
+    }
+  }
+  for (int l = 0; l < 32; ++l) {
+    float* c = c_of(l);
+    for (int index = 0; index < 4; ++index) {
+      int row, col;
+      c_element(l, index, &row, &col);
+      float sum = 0.0f;
+      for (int k = 0; k < 16; ++k) sum += A[row][k] * Bm[k][col];
+      c[index] += sum;
+    }
+  }
+#endif
+}
+
+// A warp's 16 x 64 fp32 output tile: 8 n8 tiles, 4 values each (c_element).
+using WarpAcc = Lanes<float[kTcColTiles][4]>;
+
+// B fragments of n8 tiles 2j and 2j + 1 at one k16 step of a tile stored [n][k] (k contiguous,
+// `trans` false) or [k][n] (`trans` true): registers {b0, b1} of tile 2j, then of tile 2j + 1.
+template <bool kTrans, typename T>
+__host__ __device__ __forceinline__ void load_b_pair(const Warp& w, T (*tile)[kTcPitch],
+                                                     int kk, int j, Lanes<uint32_t[4]>& out) {
+  ldmatrix_x4<kTrans, T>(
+      w,
+      [&](int l) {
+        const int i = l / 8, r = l % 8, n = 8 * (2 * j + (i >> 1)), k = 16 * kk + 8 * (i & 1);
+        return kTrans ? &tile[k + r][n] : &tile[n + r][k];
+      },
+      [&](int l) { return out[l]; });
+}
+
+// A fragment of rows m0..m0+15 at one k16 step of a tile stored [m][k] (`trans` false) or [k][m].
+template <bool kTrans, typename T>
+__host__ __device__ __forceinline__ void load_a(const Warp& w, T (*tile)[kTcPitch], int m0,
+                                                int kk, Lanes<uint32_t[4]>& out) {
+  ldmatrix_x4<kTrans, T>(
+      w,
+      [&](int l) {
+        const int i = l / 8, r = l % 8, m = m0 + 8 * (i & 1), k = 16 * kk + 8 * (i >> 1);
+        return kTrans ? &tile[k + r][m] : &tile[m + r][k];
+      },
+      [&](int l) { return out[l]; });
+}
+
+// acc (16 x 64) += A (16 x k16) B (k16 x 64), B from a staged tile.
+template <bool kTransB, typename T>
+__host__ __device__ __forceinline__ void mma_row_tile(const Warp& w, WarpAcc& acc,
+                                                      Lanes<uint32_t[4]>& a,
+                                                      T (*b_tile)[kTcPitch], int kk) {
+SSD_UNROLL
+  for (int j = 0; j < kTcColTiles / 2; ++j) {
+    Lanes<uint32_t[4]> b;
+    load_b_pair<kTransB, T>(w, b_tile, kk, j, b);
+SSD_UNROLL
+    for (int h = 0; h < 2; ++h)
+      warp_mma<T>(
+          w, [&](int l) { return acc[l][2 * j + h]; }, [&](int l) { return a[l]; },
+          [&](int l) { return b[l] + 2 * h; });
+  }
+}
+
+__host__ __device__ __forceinline__ void zero_acc(WarpAcc& acc, int lane) {
+SSD_UNROLL
+  for (int j = 0; j < kTcColTiles; ++j)
+SSD_UNROLL
+    for (int i = 0; i < 4; ++i) acc[lane][j][i] = 0.0f;
+}
+
+// ---- staging tiles: cp.async where a row chunk is 16 aligned bytes, else plain loads -------------
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+#ifdef __CUDA_ARCH__
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
+#endif
+}
+
+__host__ __device__ __forceinline__ void cp_async_commit() {
+#ifdef __CUDA_ARCH__
+  asm volatile("cp.async.commit_group;\n");
+#endif
+}
+
+template <int kPending>
+__host__ __device__ __forceinline__ void cp_async_wait() {
+#ifdef __CUDA_ARCH__
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+#endif
+}
+
+// Thread t's part of a 64 x 64 tile copy: rows < rows, columns < cols of src (row stride ld
+// elements) into dst, zero elsewhere. Every element of dst is written, so the MMA reads no stale
+// values (0 x NaN would survive masking).
+template <typename T>
+__host__ __device__ __forceinline__ void stage_tile(int t, T (*dst)[kTcPitch], const T* src,
+                                                    int64_t ld, int64_t rows, int64_t cols) {
+  const bool vector = reinterpret_cast<uintptr_t>(src) % 16 == 0 && ld % 8 == 0;
+  constexpr int kChunks = kTcTile * kTcTile / 8;
+SSD_UNROLL
+  for (int e = t; e < kChunks; e += kThreads) {
+    const int row = e / (kTcTile / 8), col = 8 * (e % (kTcTile / 8));
+    T* d = &dst[row][col];
+    if (row < rows && col + 8 <= cols && vector) {
+#ifdef __CUDA_ARCH__
+      cp_async16(d, src + row * ld + col);
+#else
+      memcpy(d, src + row * ld + col, 16);
+#endif
+    } else if (row >= rows || col >= cols) {
+      *reinterpret_cast<uint4*>(d) = uint4{0u, 0u, 0u, 0u};
+    } else {
+      for (int i = 0; i < 8; ++i)
+        d[i] = col + i < cols ? src[row * ld + col + i] : from_float<T>(0.0f);
+    }
+  }
+}
+
+// Two-stage pipeline over `steps` tiles: load(t, step, buffer) stages a tile (cp.async and/or plain
+// stores), compute(warp, step, buffer) consumes it. The copy of step + 1 is in flight while step is
+// multiplied; the barrier after each compute frees its buffer for the load two steps later.
+template <class Load, class Compute>
+__host__ __device__ __forceinline__ void pipeline(const Block& blk, int64_t steps, Load&& load,
+                                                  Compute&& compute) {
+  if (steps <= 0) return;
+  blk.each([&](int t) {
+    load(t, int64_t{0}, 0);
+    cp_async_commit();
+  });
+  for (int64_t step = 0; step < steps; ++step) {
+    blk.phase([&](int t) {
+      if (step + 1 < steps) {
+        load(t, step + 1, static_cast<int>((step + 1) & 1));
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+    });
+    warp_phase(blk, [&](const Warp& w) { compute(w, step, static_cast<int>(step & 1)); });
+  }
+}
+
+__host__ __device__ __forceinline__ int64_t groups_of(const ScanParams& p) {
+  return p.active_heads / p.heads_per_group;
+}
+
+__host__ __device__ __forceinline__ float* ws_cb(const ScanParams& p, int64_t chunk,
+                                                 int64_t group) {
+  const int64_t pitch = ssd_scan_cb_pitch(p.chunk_size);
+  return p.workspace +
+         ssd_scan_cb_offset(p.num_chunks, p.active_heads, p.head_dim, p.state_size, p.chunk_size) +
+         (chunk * groups_of(p) + group) * pitch * pitch;
+}
+
+// ---- 1b. C.B^T per (chunk, group) ---------------------------------------------------------------
+
+template <typename T>
+struct CbShared {
+  alignas(16) T c[2][kTcTile][kTcPitch];  // C of the block's 64 rows t, one 64-entry state step
+  alignas(16) T b[2][kTcTile][kTcPitch];  // B of its 64 columns s
+};
+
+// Block (chunk * G + group, t tile, s tile): CB[t, s] = sum_n C[t, n] B[s, n] for s tile <= t tile
+// (the scan reads only s <= t); warp w owns rows 16w..16w+15 of the tile.
+template <typename T>
+__host__ __device__ __forceinline__ void chunk_cb_block(const ScanParams& p, const Block& blk,
+                                                        CbShared<T>& sm) {
+  const int64_t groups = groups_of(p);
+  const int64_t chunk = blk.x / groups, group = blk.x % groups;
+  const int64_t length = p.chunk_table[2 * p.num_chunks + chunk];
+  const int64_t t0 = blk.y * kTcTile, s0 = blk.z * kTcTile;
+  if (blk.z > blk.y || t0 >= length) return;
+  const int64_t batch = p.chunk_table[chunk], token0 = p.chunk_table[p.num_chunks + chunk];
+  const T* C = static_cast<const T*>(p.C) + batch * p.C_stride_b + token0 * p.C_stride_l +
+               group * p.C_stride_g;
+  const T* B = static_cast<const T*>(p.B) + batch * p.B_stride_b + token0 * p.B_stride_l +
+               group * p.B_stride_g;
+  PerWarp<WarpAcc> acc;
+  warp_each(blk, [&](const Warp& w) { w.lanes([&](int l) { zero_acc(acc[w.id], l); }); });
+  pipeline(
+      blk, ceil_div_i(p.state_size, kTcTile),
+      [&](int t, int64_t step, int buf) {
+        const int64_t n0 = step * kTcTile;
+        stage_tile(t, sm.c[buf], C + t0 * p.C_stride_l + n0, p.C_stride_l, length - t0,
+                   p.state_size - n0);
+        stage_tile(t, sm.b[buf], B + s0 * p.B_stride_l + n0, p.B_stride_l, length - s0,
+                   p.state_size - n0);
+      },
+      [&](const Warp& w, int64_t step, int buf) {
+        if (t0 + 16 * w.id >= length) return;
+SSD_UNROLL
+        for (int kk = 0; kk < kTcSteps; ++kk) {
+          if (step * kTcTile + 16 * kk >= p.state_size) break;
+          Lanes<uint32_t[4]> a;
+          load_a<false, T>(w, sm.c[buf], 16 * w.id, kk, a);
+          mma_row_tile<false, T>(w, acc[w.id], a, sm.b[buf], kk);
+        }
+      });
+  float* out = ws_cb(p, chunk, group);
+  const int64_t pitch = ssd_scan_cb_pitch(p.chunk_size);
+  warp_each(blk, [&](const Warp& w) {
+    w.lanes([&](int l) {
+SSD_UNROLL
+      for (int j = 0; j < kTcColTiles; ++j)
+SSD_UNROLL
+        for (int i = 0; i < 4; ++i) {
+          int row, col;
+          c_element(l, i, &row, &col);
+          const int64_t t = t0 + 16 * w.id + row, s = s0 + 8 * j + col;
+          if (t < length && s < length) out[t * pitch + s] = acc[w.id][l][j][i];
+        }
+    });
+  });
+}
+
+// ---- 2 (tensor cores). chunk states ---------------------------------------------------------------
+
+template <typename T>
+struct TcStateShared {
+  float w[kMaxChunk];                     // exp(cum_end - cum_t) * dt_t, 0 past the chunk
+  alignas(16) T x[2][kTcTile][kTcPitch];  // x (t, p) of one 64-token step
+  alignas(16) T b[2][kTcTile][kTcPitch];  // B (t, n)
+};
+
+// Block (chunk * H' + head, p tile, n tile): S[p, n] = sum_t (x[t, p] w_t) B[t, n]; warp w owns
+// channels 16w..16w+15. Both operands are stored token-major, so both fragments come through
+// ldmatrix.trans; w_t scales the A fragment in registers before it is rounded back to 16 bits.
+template <typename T>
+__host__ __device__ __forceinline__ void tc_chunk_state_block(const ScanParams& p,
+                                                              const Block& blk,
+                                                              TcStateShared<T>& sm) {
+  const ChunkInfo c = chunk_info(p, blk.x);
+  if (c.length == 0) return;
+  const int64_t p0 = blk.y * kTcTile, n0 = blk.z * kTcTile;
+  const float* cum = ws_cum(p, c.chunk, c.head);
+  const float* dt = ws_dt(p, c.chunk, c.head);
+  const float total = cum[c.length - 1];
+  const T* x = static_cast<const T*>(p.x) + c.batch * p.x_stride_b + c.token0 * p.x_stride_l +
+               c.head * p.x_stride_h;
+  const T* B = static_cast<const T*>(p.B) + c.batch * p.B_stride_b + c.token0 * p.B_stride_l +
+               c.group * p.B_stride_g;
+  const int64_t steps = ceil_div_i(c.length, kTcTile);
+  PerWarp<WarpAcc> acc;
+  blk.phase([&](int t) {
+    for (int64_t i = t; i < steps * kTcTile; i += kThreads)
+      sm.w[i] = i < c.length ? expf(total - cum[i]) * dt[i] : 0.0f;
+  });
+  warp_each(blk, [&](const Warp& w) { w.lanes([&](int l) { zero_acc(acc[w.id], l); }); });
+  pipeline(
+      blk, steps,
+      [&](int t, int64_t step, int buf) {
+        const int64_t q0 = step * kTcTile;
+        stage_tile(t, sm.x[buf], x + q0 * p.x_stride_l + p0, p.x_stride_l, c.length - q0,
+                   p.head_dim - p0);
+        stage_tile(t, sm.b[buf], B + q0 * p.B_stride_l + n0, p.B_stride_l, c.length - q0,
+                   p.state_size - n0);
+      },
+      [&](const Warp& w, int64_t step, int buf) {
+        if (p0 + 16 * w.id >= p.head_dim) return;
+        const int64_t q0 = step * kTcTile;
+SSD_UNROLL
+        for (int kk = 0; kk < kTcSteps; ++kk) {
+          if (q0 + 16 * kk >= c.length) break;
+          Lanes<uint32_t[4]> a;
+          load_a<true, T>(w, sm.x[buf], 16 * w.id, kk, a);
+          w.lanes([&](int l) {
+SSD_UNROLL
+            for (int reg = 0; reg < 4; ++reg) {
+              int row, k;
+              a_element(l, reg, 0, &row, &k);
+              const float* wt = sm.w + q0 + 16 * kk + k;
+              a[l][reg] = pack<T>(half_of<T>(a[l][reg], 0) * wt[0], half_of<T>(a[l][reg], 1) * wt[1]);
+            }
+          });
+          mma_row_tile<true, T>(w, acc[w.id], a, sm.b[buf], kk);
+        }
+      });
+  float* out = ws_state(p, c.chunk, c.head);
+  warp_each(blk, [&](const Warp& w) {
+    w.lanes([&](int l) {
+SSD_UNROLL
+      for (int j = 0; j < kTcColTiles; ++j)
+SSD_UNROLL
+        for (int i = 0; i < 4; ++i) {
+          int row, col;
+          c_element(l, i, &row, &col);
+          const int64_t pp = p0 + 16 * w.id + row, n = n0 + 8 * j + col;
+          if (pp < p.head_dim && n < p.state_size) out[pp * p.state_size + n] = acc[w.id][l][j][i];
+        }
+    });
+  });
+}
+
+// ---- 4 (tensor cores). chunk scan -----------------------------------------------------------------
+
+template <typename T>
+struct TcScanShared {
+  float cum[kMaxChunk];
+  float dt[kMaxChunk];
+  union {
+    struct {
+      alignas(16) T c[2][kTcTile][kTcPitch];  // C (t, n) of the block's tokens, one state step
+      alignas(16) T h[2][kTcTile][kTcPitch];  // entering state (p, n), rounded to T
+    } inter;
+    alignas(16) T x[2][kTcTile][kTcPitch];  // x (s, p) of one step of source tokens
+  } u;
+};
+
+// Block (chunk * H' + head, p tile, t tile): warp w owns output rows t0 + 16w .. + 15, all 64
+// channels. Inter-chunk term C h_in^T (A = C via ldmatrix, B = the state staged (p, n)), scaled
+// by exp(cum_t); then the intra-chunk term: the A fragment is built in registers from the group's
+// C.B^T (fp32, read in pairs), decayed, masked to s <= t and rounded; B = x via ldmatrix.trans.
+// A warp stops its source steps at its own last row (the causal skip is per warp).
+template <typename T>
+__host__ __device__ __forceinline__ void tc_chunk_scan_block(const ScanParams& p,
+                                                             const Block& blk,
+                                                             TcScanShared<T>& sm) {
+  const ChunkInfo c = chunk_info(p, blk.x);
+  const int64_t p0 = blk.y * kTcTile, t0 = blk.z * kTcTile;
+  if (t0 >= c.length) return;
+  const int64_t rows_end = min64(c.length, t0 + kTcTile);
+  const float* cum = ws_cum(p, c.chunk, c.head);
+  const float* dt = ws_dt(p, c.chunk, c.head);
+  const float* h_in = ws_state(p, c.chunk, c.head);
+  const T* x = static_cast<const T*>(p.x) + c.batch * p.x_stride_b + c.token0 * p.x_stride_l +
+               c.head * p.x_stride_h;
+  const T* C = static_cast<const T*>(p.C) + c.batch * p.C_stride_b + c.token0 * p.C_stride_l +
+               c.group * p.C_stride_g;
+  PerWarp<WarpAcc> acc;
+  blk.phase([&](int t) {
+    for (int64_t i = t; i < rows_end; i += kThreads) {
+      sm.cum[i] = cum[i];
+      sm.dt[i] = dt[i];
+    }
+  });
+  warp_each(blk, [&](const Warp& w) { w.lanes([&](int l) { zero_acc(acc[w.id], l); }); });
+
+  pipeline(
+      blk, ceil_div_i(p.state_size, kTcTile),
+      [&](int t, int64_t step, int buf) {
+        const int64_t n0 = step * kTcTile;
+        stage_tile(t, sm.u.inter.c[buf], C + t0 * p.C_stride_l + n0, p.C_stride_l,
+                   rows_end - t0, p.state_size - n0);
+        for (int e = t; e < kTcTile * kTcTile; e += kThreads) {
+          const int pp = e / kTcTile, col = e % kTcTile;
+          const int64_t n = n0 + col;
+          sm.u.inter.h[buf][pp][col] = from_float<T>(
+              p0 + pp < p.head_dim && n < p.state_size ? h_in[(p0 + pp) * p.state_size + n]
+                                                       : 0.0f);
+        }
+      },
+      [&](const Warp& w, int64_t step, int buf) {
+        if (t0 + 16 * w.id >= rows_end) return;
+SSD_UNROLL
+        for (int kk = 0; kk < kTcSteps; ++kk) {
+          if (step * kTcTile + 16 * kk >= p.state_size) break;
+          Lanes<uint32_t[4]> a;
+          load_a<false, T>(w, sm.u.inter.c[buf], 16 * w.id, kk, a);
+          mma_row_tile<false, T>(w, acc[w.id], a, sm.u.inter.h[buf], kk);
+        }
+      });
+  warp_each(blk, [&](const Warp& w) {
+    w.lanes([&](int l) {
+SSD_UNROLL
+      for (int i = 0; i < 4; ++i) {
+        int row, col;
+        c_element(l, i, &row, &col);
+        const int64_t t = t0 + 16 * w.id + row;
+        const float scale = t < rows_end ? expf(sm.cum[t]) : 0.0f;
+SSD_UNROLL
+        for (int j = 0; j < kTcColTiles; ++j) acc[w.id][l][j][i] *= scale;
+      }
+    });
+  });
+
+  const float* cb = ws_cb(p, c.chunk, c.group);
+  const int64_t pitch = ssd_scan_cb_pitch(p.chunk_size);
+  if (p.state_size > 0)  // N = 0: C.B^T is empty (and never written)
+    pipeline(
+        blk, ceil_div_i(rows_end, kTcTile),
+        [&](int t, int64_t step, int buf) {
+          const int64_t s0 = step * kTcTile;
+          stage_tile(t, sm.u.x[buf], x + s0 * p.x_stride_l + p0, p.x_stride_l, c.length - s0,
+                     p.head_dim - p0);
+        },
+        [&](const Warp& w, int64_t step, int buf) {
+          const int64_t r0 = t0 + 16 * w.id;
+          if (r0 >= rows_end) return;
+          const int64_t last = min64(r0 + 15, rows_end - 1), s0 = step * kTcTile;
+SSD_UNROLL
+          for (int kk = 0; kk < kTcSteps; ++kk) {
+            if (s0 + 16 * kk > last) break;
+            Lanes<uint32_t[4]> a;
+            w.lanes([&](int l) {
+SSD_UNROLL
+              for (int reg = 0; reg < 4; ++reg) {
+                int row, k;
+                a_element(l, reg, 0, &row, &k);
+                const int64_t t = r0 + row, s = s0 + 16 * kk + k;
+                float v[2] = {0.0f, 0.0f};
+                if (t < rows_end && s <= t) {  // s + 1 <= pitch - 1: the pair is in the row
+                  const float* pair = cb + t * pitch + s;
+#ifdef __CUDA_ARCH__
+                  const float2 two = *reinterpret_cast<const float2*>(pair);
+                  const float cbv[2] = {two.x, two.y};
+#else
+                  const float cbv[2] = {pair[0], pair[1]};
+#endif
+                  const float ct = sm.cum[t];
+                  v[0] = cbv[0] * expf(ct - sm.cum[s]) * sm.dt[s];
+                  if (s + 1 <= t) v[1] = cbv[1] * expf(ct - sm.cum[s + 1]) * sm.dt[s + 1];
+                }
+                a[l][reg] = pack<T>(v[0], v[1]);
+              }
+            });
+            mma_row_tile<true, T>(w, acc[w.id], a, sm.u.x[buf], kk);
+          }
+        });
+
+  const T* z = p.z == nullptr ? nullptr
+                              : static_cast<const T*>(p.z) + c.batch * p.z_stride_b +
+                                    c.token0 * p.z_stride_l + c.head * p.z_stride_h;
+  T* y = static_cast<T*>(p.y) + c.batch * p.y_stride_b + c.token0 * p.y_stride_l +
+         c.head * p.y_stride_h;
+  warp_each(blk, [&](const Warp& w) {
+    w.lanes([&](int l) {
+SSD_UNROLL
+      for (int j = 0; j < kTcColTiles; ++j)
+SSD_UNROLL
+        for (int i = 0; i < 4; ++i) {
+          int row, col;
+          c_element(l, i, &row, &col);
+          const int64_t t = t0 + 16 * w.id + row, pp = p0 + 8 * j + col;
+          if (t >= rows_end || pp >= p.head_dim) continue;
+          float out = acc[w.id][l][j][i];
+          if (p.D != nullptr)
+            out += load_float(p.D, p.D_type, c.parent_head * p.D_stride_h + pp * p.D_stride_p) *
+                   to_float(x[t * p.x_stride_l + pp]);
+          if (z != nullptr) {
+            const float g = to_float(z[t * p.z_stride_l + pp]);
+            out *= g / (1.0f + expf(-g));
+          }
+          y[t * p.y_stride_l + pp] = from_float<T>(out);
+        }
+    });
+  });
+}
+
 // ---- device entry points -------------------------------------------------------------------------
 
 __device__ __forceinline__ Block this_block() { return Block{blockIdx.x, blockIdx.y, blockIdx.z}; }
@@ -529,8 +1184,26 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_kernel(const ScanParams p
   chunk_scan_block<ActT>(p, this_block(), sm);
 }
 
+template <typename T>
+__global__ void __launch_bounds__(kThreads) chunk_cb_kernel(const ScanParams p) {
+  __shared__ CbShared<T> sm;
+  chunk_cb_block<T>(p, this_block(), sm);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) tc_chunk_state_kernel(const ScanParams p) {
+  __shared__ TcStateShared<T> sm;
+  tc_chunk_state_block<T>(p, this_block(), sm);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) tc_chunk_scan_kernel(const ScanParams p) {
+  __shared__ TcScanShared<T> sm;
+  tc_chunk_scan_block<T>(p, this_block(), sm);
+}
+
 struct Grids {
-  dim3 chunk_heads, state, passing, scan;
+  dim3 chunk_heads, cb, state, passing, scan;
   bool any_chunks, any_states, any_passing;  // launch only grids with blocks
 };
 
@@ -543,6 +1216,9 @@ Grids grids_of(const ScanParams& p) {
   g.any_states = g.any_chunks && p.state_size > 0;  // N = 0: no state, y = D x only
   g.any_passing = p.num_seqs * p.active_heads > 0 && p.state_size > 0;
   g.chunk_heads = dim3(static_cast<unsigned>(chunk_heads));
+  g.cb = dim3(static_cast<unsigned>(p.num_chunks * groups_of(p)),
+               static_cast<unsigned>(cdiv(p.chunk_size, kTcTile)),
+               static_cast<unsigned>(cdiv(p.chunk_size, kTcTile)));
   g.state = dim3(static_cast<unsigned>(chunk_heads), static_cast<unsigned>(cdiv(p.head_dim, kTileP)),
                  static_cast<unsigned>(cdiv(p.state_size, kTileN)));
   g.passing = dim3(static_cast<unsigned>(p.num_seqs * p.active_heads),
@@ -563,9 +1239,16 @@ template <typename ActT>
 cudaError_t launch(const ScanParams& p, cudaStream_t stream) {
   const Grids g = grids_of(p);
   if (g.any_chunks) cumsum_kernel<<<g.chunk_heads, kThreads, 0, stream>>>(p);
-  if (g.any_states) chunk_state_kernel<ActT><<<g.state, kThreads, 0, stream>>>(p);
-  if (g.any_passing) state_passing_kernel<<<g.passing, kThreads, 0, stream>>>(p);
-  if (g.any_chunks) chunk_scan_kernel<ActT><<<g.scan, kThreads, 0, stream>>>(p);
+  if constexpr (std::is_same_v<ActT, float>) {
+    if (g.any_states) chunk_state_kernel<ActT><<<g.state, kThreads, 0, stream>>>(p);
+    if (g.any_passing) state_passing_kernel<<<g.passing, kThreads, 0, stream>>>(p);
+    if (g.any_chunks) chunk_scan_kernel<ActT><<<g.scan, kThreads, 0, stream>>>(p);
+  } else {
+    if (g.any_states) chunk_cb_kernel<ActT><<<g.cb, kThreads, 0, stream>>>(p);
+    if (g.any_states) tc_chunk_state_kernel<ActT><<<g.state, kThreads, 0, stream>>>(p);
+    if (g.any_passing) state_passing_kernel<<<g.passing, kThreads, 0, stream>>>(p);
+    if (g.any_chunks) tc_chunk_scan_kernel<ActT><<<g.scan, kThreads, 0, stream>>>(p);
+  }
   return cudaGetLastError();
 }
 
@@ -587,16 +1270,31 @@ void run_host(const ScanParams& p) {
     run_host_grid<CumsumShared>(g.chunk_heads, [&](const Block& b, CumsumShared& sm) {
       cumsum_block(p, b, sm);
     });
-  if (g.any_states)
-    run_host_grid<StateShared>(g.state, [&](const Block& b, StateShared& sm) {
-      chunk_state_block<ActT>(p, b, sm);
+  if constexpr (std::is_same_v<ActT, float>) {
+    if (g.any_states)
+      run_host_grid<StateShared>(g.state, [&](const Block& b, StateShared& sm) {
+        chunk_state_block<ActT>(p, b, sm);
+      });
+  } else if (g.any_states) {
+    run_host_grid<CbShared<ActT>>(g.cb, [&](const Block& b, CbShared<ActT>& sm) {
+      chunk_cb_block<ActT>(p, b, sm);
     });
+    run_host_grid<TcStateShared<ActT>>(g.state, [&](const Block& b, TcStateShared<ActT>& sm) {
+      tc_chunk_state_block<ActT>(p, b, sm);
+    });
+  }
   if (g.any_passing)
     run_host_grid<NoShared>(g.passing, [&](const Block& b, NoShared&) { state_passing_block(p, b); });
-  if (g.any_chunks)
-    run_host_grid<ScanShared>(g.scan, [&](const Block& b, ScanShared& sm) {
-      chunk_scan_block<ActT>(p, b, sm);
+  if constexpr (std::is_same_v<ActT, float>) {
+    if (g.any_chunks)
+      run_host_grid<ScanShared>(g.scan, [&](const Block& b, ScanShared& sm) {
+        chunk_scan_block<ActT>(p, b, sm);
+      });
+  } else if (g.any_chunks) {
+    run_host_grid<TcScanShared<ActT>>(g.scan, [&](const Block& b, TcScanShared<ActT>& sm) {
+      tc_chunk_scan_block<ActT>(p, b, sm);
     });
+  }
 }
 
 bool nothing_to_do(const ScanParams& p) {

@@ -17,7 +17,11 @@
 //
 // Phases (one kernel each): (1) chunk cumsum of dt*A, (2) each chunk's own state contribution,
 // (3) state passing across the chunks of a sequence (also the final states), (4) chunk scan: the
-// intra-chunk C.B^T decay-masked term, the inter-chunk C.h term, D.x and the z gate.
+// intra-chunk C.B^T decay-masked term, the inter-chunk C.h term, D.x and the z gate. With fp16/bf16
+// activations (2) and (4) run on tensor cores (mma.sync m16n8k16, fp32 accumulation) and C.B^T is
+// a kernel of its own between (1) and (2), once per (chunk, group) instead of once per head; the
+// decayed operands (x dt exp(cum_end - cum_t), the masked decayed scores, the entering state) are
+// rounded to the activation dtype for the MMA. fp32 activations run scalar fp32 kernels.
 //
 // ssd_scan_host() runs the very same per-thread code on the CPU (block by block, barrier phase by
 // barrier phase, thread by thread, shared memory a host array). It verifies the arithmetic and the
@@ -72,10 +76,25 @@ struct ScanParams {
 };
 
 // fp32 values of scratch: processed dt and cumulative dt*A per (chunk, head, token of the chunk),
-// then the state entering every (chunk, head), (p, N) each.
-inline int64_t ssd_scan_workspace_floats(int64_t num_chunks, int64_t active_heads, int64_t head_dim,
-                                         int64_t state_size, int64_t chunk_size) {
-  return num_chunks * active_heads * (2 * chunk_size + head_dim * state_size);
+// the state entering every (chunk, head), (p, N) each, and (16-bit activations) C.B^T once per
+// (chunk, group), Q x Q rows of an even pitch so the chunk scan reads it in 8-byte pairs; the
+// C.B^T block starts 16-byte aligned. __host__ __device__: the kernels address the workspace with
+// the same functions the launchers size it with.
+__host__ __device__ inline int64_t ssd_scan_cb_pitch(int64_t chunk_size) {
+  return (chunk_size + 1) / 2 * 2;
+}
+__host__ __device__ inline int64_t ssd_scan_cb_offset(int64_t num_chunks, int64_t active_heads,
+                                                      int64_t head_dim, int64_t state_size,
+                                                      int64_t chunk_size) {
+  return (num_chunks * active_heads * (2 * chunk_size + head_dim * state_size) + 3) / 4 * 4;
+}
+__host__ __device__ inline int64_t ssd_scan_workspace_floats(int64_t num_chunks,
+                                                             int64_t active_heads, int64_t groups,
+                                                             int64_t head_dim, int64_t state_size,
+                                                             int64_t chunk_size) {
+  const int64_t pitch = ssd_scan_cb_pitch(chunk_size);
+  return ssd_scan_cb_offset(num_chunks, active_heads, head_dim, state_size, chunk_size) +
+         num_chunks * groups * pitch * pitch;
 }
 
 cudaError_t ssd_scan(const ScanParams& params, cudaStream_t stream);

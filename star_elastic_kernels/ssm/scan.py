@@ -1,9 +1,11 @@
 """Chunked SSD scan (Mamba-2 prefill / training) at an elastic width: ``ssd_scan``.
 
 Order: launchers, the registered op ``star_elastic::ssd_scan`` (fake impl, autograd), the public
-wrapper. Kernels: ``csrc/ssm/ssd_scan.cu`` (cuda: the four classic phases, chunk cumsum, chunk
-states, state passing, chunk scan, as plain CUDA C++ with shared-memory tiling; fp32 arithmetic and
-states), ``star_elastic_kernels/triton/ssd_scan.py`` (triton); the specification is
+wrapper. Kernels: ``csrc/ssm/ssd_scan.cu`` (cuda: the classic phases, chunk cumsum, chunk
+states, state passing, chunk scan, as plain CUDA C++; with fp16/bf16 activations the chunk states
+and the chunk scan run on tensor cores (mma.sync, fp32 accumulation) and C.B^T is computed once per
+(chunk, group) by a kernel of its own; fp32 activations run scalar fp32 kernels; states fp32),
+``star_elastic_kernels/triton/ssd_scan.py`` (triton); the specification is
 ``star_elastic_kernels.reference.ssm.ssd_scan`` (torch, the plain sequential recurrence).
 
 The cuda backend's private op ``star_elastic::_ssd_scan`` also has a CPU impl: it runs the CUDA
@@ -30,8 +32,9 @@ from star_elastic_kernels.reference import ssm as reference
 from star_elastic_kernels.ssm import _checks
 from star_elastic_kernels.ssm._chunks import chunk_tables, packed_bounds
 
-# auto prefers Triton: its forward runs the chunk matmuls on tensor cores (tl.dot), the CUDA
-# forward in fp32 FMA (no mma/wgmma path yet); revisit when a GPU has timed both.
+# auto prefers Triton until a GPU has timed both: the CUDA forward's 16-bit path (mma.sync, C.B^T
+# once per group) compiles and is statically checked but has never run on a GPU; its fp32 path is
+# scalar FMA.
 SPEC = _backends.register(_backends.OpSpec("ssd_scan", backends=("triton", "cuda", "torch"),
                                             cuda_ops=("_ssd_scan",),
                                             supports=_checks.kernels_skip_float64))
@@ -59,6 +62,16 @@ def _packed(cu_seqlens: torch.Tensor | None, seqlen: int) -> torch.Tensor | None
 CUDA_MAX_CHUNK = 256  # the CUDA kernels' longest chunk (kScanMaxChunk in csrc/ssm/ssd_scan.h)
 
 
+def workspace_floats(chunks: int, heads: int, groups: int, head_dim: int, state_size: int,
+                     chunk: int) -> int:
+    """fp32 scratch of the CUDA forward, as ``ssd_scan_workspace_floats`` in csrc/ssm/ssd_scan.h
+    (the op checks it): dt and cumsum per (chunk, head, token), the entering state per (chunk,
+    head), then, 16-byte aligned, C.B^T per (chunk, group) in rows of an even pitch."""
+    pitch = (chunk + 1) // 2 * 2
+    offset = (chunks * heads * (2 * chunk + head_dim * state_size) + 3) // 4 * 4
+    return offset + chunks * groups * pitch * pitch
+
+
 def _cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, bounds, chunk_size, dt_softplus,
           dt_min, dt_max, heads_per_group):
     """Run the CUDA SSD forward (``star_elastic::_ssd_scan``); inputs already checked by the public
@@ -75,8 +88,8 @@ def _cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, bounds, chunk_size, dt_
     chunks, seqs = chunk_table.shape[1], seq_table.shape[1]
     y = torch.empty((b, l, heads, p), dtype=x.dtype, device=x.device)
     final = torch.empty((seqs, heads, p, state_size), dtype=torch.float32, device=x.device)
-    workspace = torch.empty(chunks * heads * (2 * chunk + p * state_size), dtype=torch.float32,
-                            device=x.device)
+    workspace = torch.empty(workspace_floats(chunks, heads, B.shape[2], p, state_size, chunk),
+                            dtype=torch.float32, device=x.device)
     torch.ops.star_elastic._ssd_scan(x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_table,
                                      seq_table, y, final, workspace, chunk, heads_per_group,
                                      bool(dt_softplus), float(dt_min), float(dt_max))

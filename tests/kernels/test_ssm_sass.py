@@ -6,7 +6,9 @@ kernel can be right on the CPU (the host impls run its per-thread code) and stil
 below the roofline; these facts are what can be checked without a GPU:
 
 * the decode step (bandwidth-bound) issues 16-byte loads in every unit-stride instantiation;
-* no SSM kernel spills to local memory (no stack frame, no STL/LDL).
+* no SSM kernel spills to local memory (no stack frame, no STL/LDL);
+* the SSD scan's matmul kernels for 16-bit activations (C.B^T, chunk state, chunk scan) run on
+  tensor cores (HMMA), read their fragments with ldmatrix and stage tiles with cp.async.
 """
 
 from __future__ import annotations
@@ -95,3 +97,31 @@ def test_decode_unit_stride_instantiations_issue_16_byte_loads_before_stores(ssm
         assert max(loads) < min(stores), name
         regs = int(re.search(r"REG:(\d+)", kernel["usage"]).group(1))
         assert regs <= 170, (name, regs)  # __launch_bounds__(128, 3): 3 blocks per SM
+
+
+# Per staged 64-wide tile a warp issues 4 k16 steps x 8 n8 tiles of m16n8k16: 32 HMMA per GEMM
+# body once unrolled (the chunk scan has two GEMMs, the inter- and the intra-chunk term).
+TENSOR_CORE_SCAN_KERNELS = {"chunk_cb_kernel": 32, "tc_chunk_state_kernel": 32,
+                            "tc_chunk_scan_kernel": 64}
+
+
+@pytest.mark.parametrize("kernel", sorted(TENSOR_CORE_SCAN_KERNELS))
+def test_ssd_scan_16_bit_matmul_kernels_use_tensor_cores(ssm_kernels, kernel):
+    found = {n: k for n, k in ssm_kernels.items() if re.search(rf"::{kernel}<", n)}
+    assert len(found) == 2, sorted(found)  # fp16 and bf16
+    for name, k in found.items():
+        ops = k["ops"]
+        bf16 = "bfloat16" in name
+        hmma = [o for o in ops if o.startswith("HMMA.16816.F32")]
+        assert len(hmma) >= TENSOR_CORE_SCAN_KERNELS[kernel], (name, len(hmma))
+        assert all(("BF16" in o) == bf16 for o in hmma), (name, sorted(set(hmma)))
+        assert _count(ops, "LDSM"), name  # fragments through ldmatrix
+        assert _count(ops, "LDGSTS"), name  # 16-byte cp.async staging
+        assert not re.search(r"(STACK|LOCAL):[1-9]", k["usage"]), (name, k["usage"])
+        assert not _count(ops, "STL") + _count(ops, "LDL"), name
+
+
+def test_ssd_scan_fp32_matmul_kernels_are_the_scalar_ones(ssm_kernels):
+    """fp32 activations keep the FFMA kernels (no tf32 path): no tensor-core kernel for float."""
+    for kernel in TENSOR_CORE_SCAN_KERNELS:
+        assert not [n for n in ssm_kernels if re.search(rf"::{kernel}<float>", n)], kernel

@@ -484,13 +484,87 @@ def test_cuda_code_on_cpu_several_tiles():
         torch.testing.assert_close(final, want_final, atol=1e-4, rtol=1e-4)
 
 
+# fp16/bf16 run the tensor-core kernels (C.B^T per group, mma.sync chunk state and chunk scan),
+# emulated on the CPU lane by lane through the PTX fragment maps. Their operands are rounded to 16
+# bits (x dt decay, the decayed masked scores, the entering state, y itself), so they are held to a
+# relative error against the float64 oracle on the same 16-bit inputs; a wrong fragment map, mask or
+# tile offset gives O(1) relative errors.
+TC_REL = {torch.float16: 4e-3, torch.bfloat16: 2e-2}
+
+
+def assert_relative(got, want, rel, name):
+    got, want = got.double(), want.double()
+    scale = want.norm().clamp_min(1e-30)
+    err = (got - want).norm() / scale
+    assert err <= rel, f"{name}: relative error {err:.3g} > {rel}"
+    worst = (got - want).abs().max() / want.abs().max().clamp_min(1e-30)
+    assert worst <= 4 * rel, f"{name}: worst element error {worst:.3g} of the max > {4 * rel}"
+
+
+@needs_host_op
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("chunk,Pp,p,Np,k", [
+    (64, 64, 64, 64, 2),     # whole tiles, every head of the group, vector (cp.async) staging
+    (128, 70, 70, 40, 1),    # partial channel/state tiles, k < heads per group, plain-load rows
+    (256, 80, 48, 128, 1),   # sliced channels, two state steps, four 64-token output tiles
+    (100, 16, 9, 17, 2),     # chunk not a multiple of 16, odd N (scalar staging)
+    (37, 8, 5, 17, 1),       # odd chunk: C.B^T rows of a padded pitch
+])
+def test_tensor_core_code_on_cpu_matches_the_float64_oracle(dtype, chunk, Pp, p, Np, k):
+    """D (H, P), z, dt_bias + softplus + limits, initial states, two batch rows, l = 300 not a
+    multiple of the chunk (a short last chunk)."""
+    Hb, Gb = 4, 2
+    a = scan_inputs(2, 300, Hb, Pp, Gb, Np, seed=31, dtype=dtype)
+    heads = parent_heads(Hb, Gb, k)
+    x, z = a["x"][:, :, heads, :p].contiguous(), a["z"][:, :, heads, :p].contiguous()
+    dt = a["dt"][:, :, heads] * 0.3
+    init = a["init"][:, heads, :p].contiguous()
+    kw = dict(D=a["D2"], z=z, dt_bias=a["dt_bias"], dt_softplus=True, dt_limit=(0.01, 1.5),
+              initial_states=init)
+    y, final = host_scan(x, dt, a["A"], a["B"], a["C"], chunk_size=chunk, k=k, p=p, **kw)
+    want_y, want_final = sequential_scan(x, dt, a["A"], a["B"], a["C"], heads_per_group=k, **kw)
+    assert y.dtype == dtype and y.shape == (2, 300, Gb * k, p)
+    assert final.dtype == torch.float32 and final.shape == (2, Gb * k, p, Np)
+    assert_relative(y, want_y, TC_REL[dtype], "y")
+    assert_relative(final, want_final, TC_REL[dtype], "final states")
+
+
+@needs_host_op
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_tensor_core_code_on_cpu_varlen_strided(dtype):
+    """Packed sequences (one empty) crossing 64-token chunks, per-sequence initial and final states,
+    x/z/dt and B/C as views into packed projections (rows not 16-byte multiples: plain loads)."""
+    Hb, Gb, Pp, Np, k, p, L = 4, 2, 32, 24, 1, 32, 230
+    a = scan_inputs(1, L, Hb, Pp, Gb, Np, seed=32, dtype=dtype)
+    heads = parent_heads(Hb, Gb, k)
+    xs, zs = a["x"][:, :, heads, :p], a["z"][:, :, heads, :p]
+    dts = (a["dt"][:, :, heads] * 0.3).to(dtype)
+    packed = torch.cat([zs.flatten(2), xs.flatten(2), dts], dim=-1)
+    z = packed[..., : Gb * k * p].unflatten(-1, (Gb * k, p))
+    x = packed[..., Gb * k * p : 2 * Gb * k * p].unflatten(-1, (Gb * k, p))
+    dt = packed[..., 2 * Gb * k * p :]
+    bc = torch.cat([a["B"].flatten(2), a["C"].flatten(2), a["B"][..., :1, :1].flatten(2)], dim=-1)
+    B = bc[..., : Gb * Np].unflatten(-1, (Gb, Np))
+    C = bc[..., Gb * Np : 2 * Gb * Np].unflatten(-1, (Gb, Np))
+    assert x.stride(1) % 8 and B.stride(1) % 8
+    cu = torch.tensor([0, 70, 70, 200, L])
+    init = torch.randn(4, Gb * k, p, Np, generator=torch.Generator().manual_seed(3))
+    kw = dict(D=a["D"], z=z, dt_bias=a["dt_bias"], dt_softplus=True, initial_states=init,
+              cu_seqlens=cu)
+    y, finals = host_scan(x, dt, a["A"], B, C, chunk_size=64, k=k, p=p, **kw)
+    want_y, want_finals = sequential_scan(x, dt, a["A"], B, C, heads_per_group=k, **kw)
+    assert_relative(y, want_y, TC_REL[dtype], "y")
+    assert_relative(finals, want_finals, TC_REL[dtype], "final states")
+    assert torch.equal(finals[1], init[1])
+
+
 @needs_host_op
 def test_cuda_code_on_cpu_through_the_op_directly():
     """The private op's own argument checks (the raw-pointer contract)."""
     a = scan_inputs(1, 4, H, P, G, N, seed=26)
     y, final = torch.empty_like(a["x"]), torch.empty(1, H, P, N)
     tables = chunk_tables(1, 4, None, 4, torch.device("cpu"))
-    workspace = torch.empty(1 * H * (2 * 4 + P * N))
+    workspace = torch.empty(scan_module.workspace_floats(1, H, G, P, N, 4))
     args = [a["x"], a["dt"], a["A"], a["B"], a["C"], None, None, None, None, *tables, y, final,
             workspace, 4, H // G, False, 0.0, float("inf")]
     torch.ops.star_elastic._ssd_scan(*args)
