@@ -733,17 +733,30 @@ def plot_pareto(configurations: list[dict], path: Path, *, title: str) -> None:
         labelled = [p for p in frontier if p[1] >= 0.05]
         labelled += [p for p in points if p[2]["think"] == p[2]["answer"] == BUDGETS[0][0]
                      and p[2]["thinking_cap"] is None and p not in labelled]
+        ax.margins(x=0.12)
+        ax.set_ylim(-0.03, 1.05)
+        ax.autoscale_view()
+        placed = []  # label boxes so far, in points: no label is drawn over another
         for cost, accuracy, c in labelled:
+            text = _label(c)
+            x, y = ax.transData.transform((cost, accuracy)) * 72.0 / fig.dpi
+            width, height = 3.9 * len(text), 8.0  # about a 7-point label
             above = c["think"] == c["answer"] == BUDGETS[0][0]  # clear of a frontier label below
-            ax.annotate(_label(c), (cost, accuracy), fontsize=7, xytext=(5, 5 if above else -11),
+            offsets = [(5, 5), (5, -11)] if above else [(5, -11), (5, 5), (5, -21), (5, 15)]
+            offsets += [(-5 - width, -11), (-5 - width, 5)]
+            for dx, dy in offsets:
+                box = (x + dx, y + dy, x + dx + width, y + dy + height)
+                if not any(box[0] < o[2] and o[0] < box[2] and box[1] < o[3] and o[1] < box[3]
+                           for o in placed):
+                    break
+            placed.append(box)
+            ax.annotate(text, (cost, accuracy), fontsize=7, xytext=(dx, dy),
                         textcoords="offset points", annotation_clip=True)
         ax.set_title(words, fontsize=9)
         ax.set_xlabel("modeled decode cost (full budget = 1.0)")
         ax.xaxis.set_major_formatter(FormatStrFormatter("%.1f"))
         ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
         ax.grid(alpha=0.3)
-        ax.margins(x=0.12)
-        ax.set_ylim(-0.03, 1.05)
     axes[0].set_ylabel("accuracy on held-out problems")
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[n], label=f"{n} alone")
                for n, _ in BUDGETS]
