@@ -3,38 +3,35 @@
 // Every kernel is written as a block program: a __host__ __device__ function of the block index
 // whose per-thread work is a sequence of phases, Block::phase(body). On the device each thread runs
 // body(threadIdx.x) and then waits at __syncthreads(); on the host (ssd_scan_host) the body runs for
-// thread 0, 1, ..., kThreads-1 in turn, which is the same schedule a barrier allows. Values a thread
-// keeps across phases live in PerThread<T> (registers on the device, one slot per thread on the
-// host); shared memory is a struct (__shared__ on the device, a heap object on the host). So the CPU
-// build runs exactly the per-thread code of the kernels, which is how the tests check it without a
-// GPU; it says nothing about the launch, warp scheduling or speed.
+// thread 0, 1, ..., kThreads-1 in turn, which is the same schedule a barrier allows. Shared memory
+// is a struct (dynamic shared memory on the device, a heap object on the host). So the CPU build
+// runs exactly the per-thread code of the kernels, which is how the tests check it without a GPU;
+// it says nothing about the launch, warp scheduling or speed.
 //
 // Kernels (128 threads each; 64-bit offsets throughout):
 //  1. cumsum_kernel, one block per (chunk, head): processed dt and the inclusive cumsum of dt*A over
 //     the chunk (segmented: per-thread runs, then the run totals), to the workspace.
 //  3. state_passing_kernel, per (sequence, head, 512 state entries): walks the sequence's chunks,
 //     replacing each chunk's own state by the state entering it and writing the final state.
-// fp16 / bf16 activations (the matmuls on tensor cores: mma.sync.m16n8k16, fp32 accumulation,
-// operands through ldmatrix from shared memory tiles of 64 x 64 staged by 16-byte cp.async where a
-// row chunk is aligned (plain loads otherwise), two stages so the next tile's copy overlaps the
-// current MMAs; each warp owns a 16 x 64 output tile):
+// The matmuls run on tensor cores: mma.sync m16n8k16 for fp16/bf16 activations, m16n8k8 on tf32 in
+// three parts for fp32 ones (3xTF32, fp32-accurate), fp32 accumulation, operands through ldmatrix
+// (or value by value for transposed fp32 tiles) from shared-memory tiles of 64 x 64 staged by
+// 16-byte cp.async where a row chunk is aligned (plain loads otherwise), two stages so the next
+// tile's copy overlaps the current MMAs; each warp owns a 16 x 64 output tile:
 //  1b. chunk_cb_kernel, per (chunk, group, 64 rows t, 64 columns s <= t): C.B^T in fp32 to the
 //     workspace, once per group: every head of the group reads it, none recomputes it.
 //  2. tc_chunk_state_kernel, per (chunk, head, 64 channels, 64 state entries): the chunk's own
 //     state S[p, n] = sum_t x[t, p] exp(cum_end - cum_t) dt_t B[t, n]; x and B are token-major,
-//     so both fragments come through ldmatrix.trans, and the decay scales the x fragment in
-//     registers before it is rounded back to 16 bits.
+//     so both fragments come transposed, and the decay scales the x fragment in registers before
+//     it is rounded back to 16 bits (or split into tf32 parts).
 //  4. tc_chunk_scan_kernel, per (chunk, head, 64 channels, 64 tokens): y = exp(cum_t) C_t h_in
-//     (the fp32 entering state rounded to 16 bits when staged) + sum_{s<=t} CB[t, s]
-//     exp(cum_t - cum_s) dt_s x_s, the decayed masked CB fragment built in registers from the
-//     workspace; each warp stops at its own last row (causal skip); then D x and the gate.
-// fp32 activations (scalar FFMA from shared memory; no tf32 path):
-//  2. chunk_state_kernel: the same state as a 32-token tiled fp32 GEMM (4 x 8 register tiles).
-//  4. chunk_scan_kernel: C.B^T per head in shared memory, masked and decayed, then both GEMMs in
-//     fp32 (C tile 64 x 64, scores 64 x 32, output 4 x 8 per thread).
-// The states and all elementwise arithmetic are fp32 in both paths. ssd_scan_host() runs the warp
-// programs of the tensor-core kernels too: ldmatrix and mma.sync are emulated lane by lane through
-// the PTX fragment maps (warp_mma, ldmatrix_x4), so the CPU tests check the fragment indexing.
+//     (the fp32 entering state rounded to 16 bits when staged, kept fp32 for fp32 activations)
+//     + sum_{s<=t} CB[t, s] exp(cum_t - cum_s) dt_s x_s, the decayed masked CB fragment built in
+//     registers from the workspace; each warp stops at its own last row (causal skip); then D x
+//     and the gate.
+// The states and all elementwise arithmetic are fp32. ssd_scan_host() runs the warp programs too:
+// ldmatrix and mma.sync are emulated lane by lane through the PTX fragment maps (warp_mma,
+// ldmatrix_x4, tf32 rounding as cvt.rna), so the CPU tests check the fragment indexing.
 #include "ssm/ssd_scan.h"
 
 #include <cuda_bf16.h>
@@ -51,10 +48,6 @@ namespace star_elastic::ssm {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int kTileP = 64;     // head channels per block (kernels 2 and 4)
-constexpr int kTileN = 64;     // state entries per block (2) / per contraction step (4)
-constexpr int kTileQ = 32;     // tokens per contraction step
-constexpr int kScanRows = 64;  // output tokens per block (4)
 constexpr int kPassElems = 4;  // state entries per thread (3)
 constexpr int64_t kMaxChunk = kScanMaxChunk;
 
@@ -92,18 +85,6 @@ struct Block {
     for (int t = 0; t < kThreads; ++t) body(t);
 #endif
   }
-};
-
-// What a thread keeps across phases: its registers on the device, one slot per thread on the host.
-template <class T>
-struct PerThread {
-#ifdef __CUDA_ARCH__
-  T value;
-  __device__ __forceinline__ T& operator[](int) { return value; }
-#else
-  T values[kThreads];
-  T& operator[](int t) { return values[t]; }
-#endif
 };
 
 // ---- conversions and small helpers ---------------------------------------------------------------
@@ -201,86 +182,6 @@ __host__ __device__ __forceinline__ void cumsum_block(const ScanParams& p, const
   });
 }
 
-// ---- 2. chunk states -----------------------------------------------------------------------------
-
-struct StateShared {
-  float w[kMaxChunk];        // exp(cum_end - cum_t) * dt_t
-  float x[kTileQ][kTileP];   // x * w, fp32
-  float b[kTileQ][kTileN];
-};
-
-struct StateRegs {
-  float acc[4][8];  // rows p = tp + 16 i, columns n = tn + 8 j
-};
-
-template <typename ActT>
-__host__ __device__ __forceinline__ void chunk_state_block(const ScanParams& p, const Block& blk,
-                                                           StateShared& sm) {
-  const ChunkInfo c = chunk_info(p, blk.x);
-  if (c.length == 0) return;  // a padding chunk (packed inputs): the whole block leaves
-  const int64_t p0 = blk.y * kTileP, n0 = blk.z * kTileN;
-  const float* cum = ws_cum(p, c.chunk, c.head);
-  const float* dt = ws_dt(p, c.chunk, c.head);
-  const float total = cum[c.length - 1];
-  const ActT* x = static_cast<const ActT*>(p.x) + c.batch * p.x_stride_b +
-                  c.token0 * p.x_stride_l + c.head * p.x_stride_h;
-  const ActT* B = static_cast<const ActT*>(p.B) + c.batch * p.B_stride_b +
-                  c.token0 * p.B_stride_l + c.group * p.B_stride_g;
-  PerThread<StateRegs> regs;
-  blk.phase([&](int t) {
-    for (int64_t i = t; i < c.length; i += kThreads) sm.w[i] = expf(total - cum[i]) * dt[i];
-    StateRegs& r = regs[t];
-    for (int i = 0; i < 4; ++i)
-      for (int j = 0; j < 8; ++j) r.acc[i][j] = 0.0f;
-  });
-  for (int64_t q0 = 0; q0 < c.length; q0 += kTileQ) {
-    blk.phase([&](int t) {
-      for (int e = t; e < kTileQ * kTileP; e += kThreads) {
-        const int row = e / kTileP, col = e % kTileP;
-        const int64_t q = q0 + row;
-        float xv = 0.0f, bv = 0.0f;
-        if (q < c.length) {
-          if (p0 + col < p.head_dim) xv = to_float(x[q * p.x_stride_l + p0 + col]) * sm.w[q];
-          if (n0 + col < p.state_size) bv = to_float(B[q * p.B_stride_l + n0 + col]);
-        }
-        sm.x[row][col] = xv;
-        sm.b[row][col] = bv;
-      }
-    });
-    blk.phase([&](int t) {
-      const int tp = t / 8, tn = t % 8;
-      StateRegs& r = regs[t];
-SSD_UNROLL_4
-      for (int q = 0; q < kTileQ; ++q) {
-        float xs[4], bs[8];
-SSD_UNROLL
-        for (int i = 0; i < 4; ++i) xs[i] = sm.x[q][tp + 16 * i];
-SSD_UNROLL
-        for (int j = 0; j < 8; ++j) bs[j] = sm.b[q][tn + 8 * j];
-SSD_UNROLL
-        for (int i = 0; i < 4; ++i)
-SSD_UNROLL
-          for (int j = 0; j < 8; ++j) r.acc[i][j] += xs[i] * bs[j];
-      }
-    });
-  }
-  float* out = ws_state(p, c.chunk, c.head);
-  blk.each([&](int t) {
-    const int tp = t / 8, tn = t % 8;
-    StateRegs& r = regs[t];
-SSD_UNROLL
-    for (int i = 0; i < 4; ++i) {
-      const int64_t pp = p0 + tp + 16 * i;
-      if (pp >= p.head_dim) continue;
-SSD_UNROLL
-      for (int j = 0; j < 8; ++j) {
-        const int64_t n = n0 + tn + 8 * j;
-        if (n < p.state_size) out[pp * p.state_size + n] = r.acc[i][j];
-      }
-    }
-  });
-}
-
 // ---- 3. state passing ----------------------------------------------------------------------------
 
 __host__ __device__ __forceinline__ void state_passing_block(const ScanParams& p,
@@ -321,207 +222,7 @@ SSD_UNROLL
   });
 }
 
-// ---- 4. chunk scan -------------------------------------------------------------------------------
-
-struct ScanShared {
-  float cum[kMaxChunk];
-  float dt[kMaxChunk];
-  float c[kScanRows][kTileN + 1];  // C of the block's tokens, one state step; padded rows
-  union {
-    float h[kTileN][kTileP + 1];  // inter-chunk term: entering state, (n, p)
-    struct {
-      float b[kTileQ][kTileN + 1];      // B of a step of source tokens
-      float s[kScanRows][kTileQ + 1];   // decayed, masked scores (t, s)
-      float x[kTileQ][kTileP];          // x of the source tokens
-    } intra;
-  } u;
-};
-
-struct ScanRegs {
-  float acc[4][8];    // output rows t = tr + 16 i, channels tc + 8 j
-  float score[4][4];  // score rows t = tr + 16 i, source tokens tc + 8 j
-};
-
-template <typename ActT>
-__host__ __device__ __forceinline__ void chunk_scan_block(const ScanParams& p, const Block& blk,
-                                                          ScanShared& sm) {
-  const ChunkInfo c = chunk_info(p, blk.x);
-  const int64_t p0 = blk.y * kTileP, t0 = blk.z * kScanRows;
-  if (t0 >= c.length) return;  // the whole block: no barrier is left waiting
-  const int64_t rows_end = min64(c.length, t0 + kScanRows);
-  const float* cum = ws_cum(p, c.chunk, c.head);
-  const float* dt = ws_dt(p, c.chunk, c.head);
-  const float* h_in = ws_state(p, c.chunk, c.head);
-  const ActT* x = static_cast<const ActT*>(p.x) + c.batch * p.x_stride_b +
-                  c.token0 * p.x_stride_l + c.head * p.x_stride_h;
-  const ActT* B = static_cast<const ActT*>(p.B) + c.batch * p.B_stride_b +
-                  c.token0 * p.B_stride_l + c.group * p.B_stride_g;
-  const ActT* C = static_cast<const ActT*>(p.C) + c.batch * p.C_stride_b +
-                  c.token0 * p.C_stride_l + c.group * p.C_stride_g;
-  PerThread<ScanRegs> regs;
-
-  auto load_c_tile = [&](int t, int64_t n0) {
-    for (int e = t; e < kScanRows * kTileN; e += kThreads) {
-      const int row = e / kTileN, col = e % kTileN;
-      const int64_t token = t0 + row, n = n0 + col;
-      sm.c[row][col] =
-          token < c.length && n < p.state_size ? to_float(C[token * p.C_stride_l + n]) : 0.0f;
-    }
-  };
-
-  blk.phase([&](int t) {
-    for (int64_t i = t; i < rows_end; i += kThreads) {
-      sm.cum[i] = cum[i];
-      sm.dt[i] = dt[i];
-    }
-    ScanRegs& r = regs[t];
-    for (int i = 0; i < 4; ++i) {
-      for (int j = 0; j < 8; ++j) r.acc[i][j] = 0.0f;
-      for (int j = 0; j < 4; ++j) r.score[i][j] = 0.0f;
-    }
-  });
-
-  // inter-chunk term: acc = C h_in^T, then scaled by exp(cum_t)
-  for (int64_t n0 = 0; n0 < p.state_size; n0 += kTileN) {
-    blk.phase([&](int t) {
-      load_c_tile(t, n0);
-      for (int e = t; e < kTileP * kTileN; e += kThreads) {
-        const int pp = e / kTileN, col = e % kTileN;  // unit stride over n in global memory
-        const int64_t n = n0 + col;
-        sm.u.h[col][pp] =
-            p0 + pp < p.head_dim && n < p.state_size ? h_in[(p0 + pp) * p.state_size + n] : 0.0f;
-      }
-    });
-    blk.phase([&](int t) {
-      const int tr = t / 8, tc = t % 8;
-      ScanRegs& r = regs[t];
-SSD_UNROLL_4
-      for (int k = 0; k < kTileN; ++k) {
-        float cs[4], hs[8];
-SSD_UNROLL
-        for (int i = 0; i < 4; ++i) cs[i] = sm.c[tr + 16 * i][k];
-SSD_UNROLL
-        for (int j = 0; j < 8; ++j) hs[j] = sm.u.h[k][tc + 8 * j];
-SSD_UNROLL
-        for (int i = 0; i < 4; ++i)
-SSD_UNROLL
-          for (int j = 0; j < 8; ++j) r.acc[i][j] += cs[i] * hs[j];
-      }
-    });
-  }
-  blk.each([&](int t) {
-    const int tr = t / 8;
-    ScanRegs& r = regs[t];
-SSD_UNROLL
-    for (int i = 0; i < 4; ++i) {
-      const int64_t row = t0 + tr + 16 * i;
-      const float scale = row < rows_end ? expf(sm.cum[row]) : 0.0f;
-SSD_UNROLL
-      for (int j = 0; j < 8; ++j) r.acc[i][j] *= scale;
-    }
-  });
-
-  // intra-chunk term, causal: source tokens s < rows_end in steps of kTileQ
-  for (int64_t s0 = 0; s0 < rows_end; s0 += kTileQ) {
-    for (int64_t n0 = 0; n0 < p.state_size; n0 += kTileN) {
-      blk.phase([&](int t) {
-        load_c_tile(t, n0);
-        for (int e = t; e < kTileQ * kTileN; e += kThreads) {
-          const int row = e / kTileN, col = e % kTileN;
-          const int64_t s = s0 + row, n = n0 + col;
-          sm.u.intra.b[row][col] =
-              s < c.length && n < p.state_size ? to_float(B[s * p.B_stride_l + n]) : 0.0f;
-        }
-      });
-      blk.phase([&](int t) {
-        const int tr = t / 8, tc = t % 8;
-        ScanRegs& r = regs[t];
-SSD_UNROLL_4
-        for (int k = 0; k < kTileN; ++k) {
-          float cs[4], bs[4];
-SSD_UNROLL
-          for (int i = 0; i < 4; ++i) cs[i] = sm.c[tr + 16 * i][k];
-SSD_UNROLL
-          for (int j = 0; j < 4; ++j) bs[j] = sm.u.intra.b[tc + 8 * j][k];
-SSD_UNROLL
-          for (int i = 0; i < 4; ++i)
-SSD_UNROLL
-            for (int j = 0; j < 4; ++j) r.score[i][j] += cs[i] * bs[j];
-        }
-      });
-    }
-    blk.phase([&](int t) {
-      const int tr = t / 8, tc = t % 8;
-      ScanRegs& r = regs[t];
-SSD_UNROLL
-      for (int i = 0; i < 4; ++i) {
-        const int64_t row = t0 + tr + 16 * i;
-SSD_UNROLL
-        for (int j = 0; j < 4; ++j) {
-          const int64_t s = s0 + tc + 8 * j;
-          float v = 0.0f;
-          if (row < rows_end && s <= row) v = r.score[i][j] * expf(sm.cum[row] - sm.cum[s]) * sm.dt[s];
-          sm.u.intra.s[tr + 16 * i][tc + 8 * j] = v;
-          r.score[i][j] = 0.0f;
-        }
-      }
-      for (int e = t; e < kTileQ * kTileP; e += kThreads) {
-        const int row = e / kTileP, col = e % kTileP;
-        const int64_t s = s0 + row;
-        sm.u.intra.x[row][col] =
-            s < c.length && p0 + col < p.head_dim ? to_float(x[s * p.x_stride_l + p0 + col]) : 0.0f;
-      }
-    });
-    blk.phase([&](int t) {
-      const int tr = t / 8, tc = t % 8;
-      ScanRegs& r = regs[t];
-SSD_UNROLL_4
-      for (int k = 0; k < kTileQ; ++k) {
-        float ss[4], xs[8];
-SSD_UNROLL
-        for (int i = 0; i < 4; ++i) ss[i] = sm.u.intra.s[tr + 16 * i][k];
-SSD_UNROLL
-        for (int j = 0; j < 8; ++j) xs[j] = sm.u.intra.x[k][tc + 8 * j];
-SSD_UNROLL
-        for (int i = 0; i < 4; ++i)
-SSD_UNROLL
-          for (int j = 0; j < 8; ++j) r.acc[i][j] += ss[i] * xs[j];
-      }
-    });
-  }
-
-  // epilogue: skip term, gate, store
-  const ActT* z = p.z == nullptr ? nullptr
-                                 : static_cast<const ActT*>(p.z) + c.batch * p.z_stride_b +
-                                       c.token0 * p.z_stride_l + c.head * p.z_stride_h;
-  ActT* y = static_cast<ActT*>(p.y) + c.batch * p.y_stride_b + c.token0 * p.y_stride_l +
-            c.head * p.y_stride_h;
-  blk.each([&](int t) {
-    const int tr = t / 8, tc = t % 8;
-    ScanRegs& r = regs[t];
-SSD_UNROLL
-    for (int i = 0; i < 4; ++i) {
-      const int64_t row = t0 + tr + 16 * i;
-      if (row >= rows_end) continue;
-SSD_UNROLL
-      for (int j = 0; j < 8; ++j) {
-        const int64_t pp = p0 + tc + 8 * j;
-        if (pp >= p.head_dim) continue;
-        float out = r.acc[i][j];
-        if (p.D != nullptr)
-          out += load_float(p.D, p.D_type, c.parent_head * p.D_stride_h + pp * p.D_stride_p) *
-                 to_float(x[row * p.x_stride_l + pp]);
-        if (z != nullptr) {
-          const float g = to_float(z[row * p.z_stride_l + pp]);
-          out *= g / (1.0f + expf(-g));
-        }
-        y[row * p.y_stride_l + pp] = from_float<ActT>(out);
-      }
-    }
-  });
-}
-
-// ---- tensor-core kernels (fp16 / bf16 activations) -----------------------------------------------
+// ---- tensor-core kernels ---------------------------------------------------------------------------
 //
 // Warp programs. A tensor-core step is collective over a warp (ldmatrix hands every lane pieces of
 // rows other lanes addressed; mma.sync multiplies fragments spread over the 32 lanes), so the
@@ -531,11 +232,16 @@ SSD_UNROLL
 // the same data movement and product through the PTX fragment maps below), and what a lane keeps is
 // Lanes<T> (its registers on the device, one slot per lane on the host). warp_phase(blk, body)
 // runs a warp body for every warp, then the barrier; warp_each the same without the barrier.
+//
+// One code path for every activation dtype T, parameterised by Mma<T>: fp16/bf16 operands go to
+// mma.sync m16n8k16 (two values per fragment register); fp32 operands to m16n8k8 on tf32, each
+// split into a tf32 big part and the tf32 of its remainder, three MMAs per step (small x big,
+// big x small, big x big: "3xTF32"), which keeps the products fp32-accurate (the dropped
+// small x small term is ~2^-22 of the product) at three times the tensor-core work; a plain tf32
+// product would lose fp32 inputs' precision to a 10-bit mantissa.
 
 [[maybe_unused]] constexpr int kWarps = kThreads / 32;  // the host schedule's warp count
 constexpr int kTcTile = 64;               // rows, columns and contraction step of every tile
-constexpr int kTcPitch = kTcTile + 8;     // 144-byte rows: the 8 rows of an ldmatrix hit 8 bank quads
-constexpr int kTcSteps = kTcTile / 16;    // k16 steps of one staged tile
 constexpr int kTcColTiles = kTcTile / 8;  // n8 tiles of a warp's 16 x 64 output
 
 struct Warp {
@@ -593,13 +299,46 @@ struct PerWarp {
 #endif
 };
 
-// PTX m16n8k16 fragment maps (.row.col, 16-bit A and B, fp32 C); g = lane / 4, c = lane % 4.
-__host__ __device__ __forceinline__ void a_element(int lane, int reg, int half, int* row, int* k) {
+
+template <typename T>
+struct Mma {
+  static constexpr int kPerReg = 2;  // 16-bit values per fragment register
+  static constexpr int kK = 16;      // m16n8k16
+  static constexpr int kParts = 1;   // the operand as it is
+};
+template <>
+struct Mma<float> {
+  static constexpr int kPerReg = 1;  // one tf32 value per register
+  static constexpr int kK = 8;       // m16n8k8
+  static constexpr int kParts = 2;   // big and small tf32 parts
+};
+template <typename T>
+constexpr int kSteps = kTcTile / Mma<T>::kK;  // MMA k steps of one staged tile
+// 64 values and 16 bytes per row (144 B for 16-bit, 272 B for fp32): the 8 rows an ldmatrix reads
+// fall in 8 distinct 16-byte bank quads, and an fp32 fragment read (rows lane / 4, columns
+// lane % 4) hits 32 distinct banks.
+template <typename T>
+constexpr int kPitch = kTcTile + 16 / static_cast<int>(sizeof(T));
+template <typename T>
+using TileRows = T (*)[kPitch<T>];
+
+// A lane's fragment of an A operand (16 x k) or of a pair of B operands (two k x 8 tiles): 4
+// registers per part, part 1 (fp32 only) the small tf32 parts.
+template <typename T>
+using Frag = Lanes<uint32_t[4 * Mma<T>::kParts]>;
+
+// PTX fragment maps (.row.col; A and B of m16n8k16 with 16-bit values, of m16n8k8 with tf32, and
+// the fp32 C of both); g = lane / 4, c = lane % 4; value v of a register (v < kPerReg).
+template <typename T>
+__host__ __device__ __forceinline__ void a_element(int lane, int reg, int v, int* row, int* k) {
+  constexpr int E = Mma<T>::kPerReg;
   *row = lane / 4 + 8 * (reg & 1);
-  *k = 2 * (lane % 4) + half + 8 * (reg >> 1);
+  *k = E * (lane % 4) + v + 4 * E * (reg >> 1);
 }
-[[maybe_unused]] __host__ __device__ __forceinline__ void b_element(int lane, int reg, int half, int* k, int* col) {
-  *k = 2 * (lane % 4) + half + 8 * reg;
+template <typename T>
+__host__ __device__ __forceinline__ void b_element(int lane, int reg, int v, int* k, int* col) {
+  constexpr int E = Mma<T>::kPerReg;
+  *k = E * (lane % 4) + v + 4 * E * reg;
   *col = lane / 4;
 }
 __host__ __device__ __forceinline__ void c_element(int lane, int index, int* row, int* col) {
@@ -607,16 +346,27 @@ __host__ __device__ __forceinline__ void c_element(int lane, int index, int* row
   *col = 2 * (lane % 4) + (index & 1);
 }
 
-// 16-bit values <-> their bits, and pairs packed as a fragment register (element k in the low half).
+// Values <-> their bits (16-bit values are packed two per register, element k in the low half).
 template <typename T>
-__host__ __device__ __forceinline__ uint16_t bits_of(T v);
+__host__ __device__ __forceinline__ uint32_t bits_of(T v);
 template <>
-__host__ __device__ __forceinline__ uint16_t bits_of<__half>(__half v) {
+__host__ __device__ __forceinline__ uint32_t bits_of<__half>(__half v) {
   return static_cast<__half_raw>(v).x;
 }
 template <>
-__host__ __device__ __forceinline__ uint16_t bits_of<__nv_bfloat16>(__nv_bfloat16 v) {
+__host__ __device__ __forceinline__ uint32_t bits_of<__nv_bfloat16>(__nv_bfloat16 v) {
   return static_cast<__nv_bfloat16_raw>(v).x;
+}
+template <>
+__host__ __device__ __forceinline__ uint32_t bits_of<float>(float v) {
+  uint32_t b;
+  memcpy(&b, &v, sizeof b);
+  return b;
+}
+__host__ __device__ __forceinline__ float float_of_bits(uint32_t b) {
+  float v;
+  memcpy(&v, &b, sizeof v);
+  return v;
 }
 template <typename T>
 __host__ __device__ __forceinline__ T of_bits(uint16_t b);
@@ -633,20 +383,59 @@ __host__ __device__ __forceinline__ __nv_bfloat16 of_bits<__nv_bfloat16>(uint16_
   return __nv_bfloat16(r);
 }
 template <typename T>
-__host__ __device__ __forceinline__ float half_of(uint32_t reg, int half) {
-  return to_float(of_bits<T>(static_cast<uint16_t>(reg >> (16 * half))));
+__host__ __device__ __forceinline__ float value_of(uint32_t reg, int v) {
+  if constexpr (std::is_same_v<T, float>)
+    return float_of_bits(reg);
+  else
+    return to_float(of_bits<T>(static_cast<uint16_t>(reg >> (16 * v))));
 }
+
+// fp32 -> tf32, rounded to nearest with ties away from zero (cvt.rna); the low 13 bits are zero.
+__host__ __device__ __forceinline__ uint32_t tf32_bits(float v) {
+#ifdef __CUDA_ARCH__
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(v));
+  return r;
+#else
+  const uint32_t b = bits_of(v);
+  if ((b & 0x7f800000u) == 0x7f800000u) return b;  // inf and NaN as they are
+  return (b + 0x1000u) & 0xffffe000u;  // sign-magnitude: + half an ulp rounds the magnitude
+#endif
+}
+
+// Register reg of a fragment from its values v[0..kPerReg): 16-bit values rounded and packed; an
+// fp32 value split into its tf32 big part (register reg) and small part (register 4 + reg).
 template <typename T>
-__host__ __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-  return static_cast<uint32_t>(bits_of(from_float<T>(lo))) |
-         (static_cast<uint32_t>(bits_of(from_float<T>(hi))) << 16);
+__host__ __device__ __forceinline__ void set_reg(uint32_t* frag, int reg, const float* v) {
+  if constexpr (std::is_same_v<T, float>) {
+    const uint32_t big = tf32_bits(v[0]);
+    frag[reg] = big;
+    frag[4 + reg] = tf32_bits(v[0] - float_of_bits(big));
+  } else {
+    frag[reg] = bits_of(from_float<T>(v[0])) | (bits_of(from_float<T>(v[1])) << 16);
+  }
+}
+
+// A fragment loaded as raw values (registers 0..3) made ready for the MMA: fp32 split into parts.
+template <typename T>
+__host__ __device__ __forceinline__ void finish_frag(const Warp& w, Frag<T>& f) {
+  if constexpr (std::is_same_v<T, float>)
+    w.lanes([&](int l) {
+SSD_UNROLL
+      for (int reg = 0; reg < 4; ++reg) {
+        const float v = float_of_bits(f[l][reg]);
+        set_reg<float>(f[l], reg, &v);
+      }
+    });
 }
 
 // ldmatrix.x4 (optionally .trans): lane l addresses row l % 8 of 8x8 matrix l / 8 (16 contiguous
-// bytes of shared memory); register i of lane l then holds matrix i's elements (l/4, 2(l%4) + h),
-// or with .trans (2(l%4) + h, l/4), h = 0 in the low half.
+// bytes of shared memory); register i of lane l then holds matrix i's 16-bit elements
+// (l/4, 2(l%4) + h), or with .trans (2(l%4) + h, l/4), h = 0 in the low half. Without .trans the
+// same instruction moves fp32 rows of 4: register i holds element (l/4, l%4) of matrix i.
 template <bool kTrans, typename T, class AddrF, class OutF>
 __host__ __device__ __forceinline__ void ldmatrix_x4(const Warp& w, AddrF addr_of, OutF out_of) {
+  static_assert(!(kTrans && std::is_same_v<T, float>), ".trans splits 32-bit values");
 #ifdef __CUDA_ARCH__
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(addr_of(w.lane)));
   uint32_t* o = out_of(w.lane);
@@ -659,15 +448,16 @@ __host__ __device__ __forceinline__ void ldmatrix_x4(const Warp& w, AddrF addr_o
                  : "=r"(o[0]), "=r"(o[1]), "=r"(o[2]), "=r"(o[3])
                  : "r"(s));
 #else
+  constexpr int E = Mma<T>::kPerReg;
   const T* rows[32];
   for (int l = 0; l < 32; ++l) rows[l] = addr_of(l);
   for (int l = 0; l < 32; ++l) {
     uint32_t* o = out_of(l);
     for (int i = 0; i < 4; ++i) {
       uint32_t reg = 0;
-      for (int h = 0; h < 2; ++h) {
-        const int r = kTrans ? 2 * (l % 4) + h : l / 4, col = kTrans ? l / 4 : 2 * (l % 4) + h;
-        reg |= static_cast<uint32_t>(bits_of(rows[8 * i + r][col])) << (16 * h);
+      for (int h = 0; h < E; ++h) {
+        const int r = kTrans ? E * (l % 4) + h : l / 4, col = kTrans ? l / 4 : E * (l % 4) + h;
+        reg |= bits_of(rows[8 * i + r][col]) << (16 * h);
       }
       o[i] = reg;
     }
@@ -675,95 +465,144 @@ __host__ __device__ __forceinline__ void ldmatrix_x4(const Warp& w, AddrF addr_o
 #endif
 }
 
-// c += a b over one m16n8k16 tile: c_of(lane) -> float[4], a_of(lane) -> uint32_t[4],
-// b_of(lane) -> uint32_t[2], each lane's fragments.
+// c += a b over one m16n8k16 (16-bit) or m16n8k8 (3xTF32) tile: c_of(lane) -> float[4],
+// a_of(lane) -> the lane's A registers (small parts 4 later), b_of(lane) -> its two B registers
+// (small parts 4 later, as in a pair fragment).
 template <typename T, class CF, class AF, class BF>
 __host__ __device__ __forceinline__ void warp_mma(const Warp& w, CF c_of, AF a_of, BF b_of) {
 #ifdef __CUDA_ARCH__
   float* c = c_of(w.lane);
   const uint32_t* a = a_of(w.lane);
   const uint32_t* b = b_of(w.lane);
-  if constexpr (std::is_same_v<T, __nv_bfloat16>)
+  if constexpr (std::is_same_v<T, float>) {
+    // small terms first: they are added while the accumulator is still near their size
+    const uint32_t* parts[3][2] = {{a + 4, b}, {a, b + 4}, {a, b}};
+SSD_UNROLL
+    for (int m = 0; m < 3; ++m) {
+      const uint32_t* pa = parts[m][0];
+      const uint32_t* pb = parts[m][1];
+      asm volatile(
+          "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+          "{%8,%9}, {%0,%1,%2,%3};\n"
+          : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+          : "r"(pa[0]), "r"(pa[1]), "r"(pa[2]), "r"(pa[3]), "r"(pb[0]), "r"(pb[1]));
+    }
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  else
+  } else {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
 #else
-  float A[16][16], Bm[16][8];
+  constexpr int E = Mma<T>::kPerReg, K = Mma<T>::kK, P = Mma<T>::kParts;
+  float A[2][16][16], Bm[2][16][8];  // [part][row][k], [part][k][col]
   for (int l = 0; l < 32; ++l) {
     const uint32_t* a = a_of(l);
     const uint32_t* b = b_of(l);
-    for (int h = 0; h < 2; ++h) {
-      int row, k, col;
-      for (int reg = 0; reg < 4; ++reg) {
-        a_element(l, reg, h, &row, &k);
-        A[row][k] = half_of<T>(a[reg], h);
+    for (int part = 0; part < P; ++part)
+      for (int h = 0; h < E; ++h) {
+        int row, k, col;
+        for (int reg = 0; reg < 4; ++reg) {
+          a_element<T>(l, reg, h, &row, &k);
+          A[part][row][k] = value_of<T>(a[4 * part + reg], h);
+        }
+        for (int reg = 0; reg < 2; ++reg) {
+          b_element<T>(l, reg, h, &k, &col);
+          Bm[part][k][col] = value_of<T>(b[4 * part + reg], h);
+        }
       }
-      for (int reg = 0; reg < 2; ++reg) {
-        b_element(l, reg, h, &k, &col);
-        Bm[k][col] = half_of<T>(b[reg], h);
+  }
+  // the device's order of MMAs: (small, big), (big, small), (big, big); one MMA for 16 bits
+  const int terms[3][2] = {{1, 0}, {0, 1}, {0, 0}};
+  for (int m = P == 2 ? 0 : 2; m < 3; ++m)
+    for (int l = 0; l < 32; ++l) {
+      float* c = c_of(l);
+      for (int index = 0; index < 4; ++index) {
+        int row, col;
+        c_element(l, index, &row, &col);
+        float sum = 0.0f;
+        for (int k = 0; k < K; ++k) sum += A[terms[m][0]][row][k] * Bm[terms[m][1]][k][col];
+        c[index] += sum;
       }
     }
-  }
-  for (int l = 0; l < 32; ++l) {
-    float* c = c_of(l);
-    for (int index = 0; index < 4; ++index) {
-      int row, col;
-      c_element(l, index, &row, &col);
-      float sum = 0.0f;
-      for (int k = 0; k < 16; ++k) sum += A[row][k] * Bm[k][col];
-      c[index] += sum;
-    }
-  }
 #endif
 }
 
 // A warp's 16 x 64 fp32 output tile: 8 n8 tiles, 4 values each (c_element).
 using WarpAcc = Lanes<float[kTcColTiles][4]>;
 
-// B fragments of n8 tiles 2j and 2j + 1 at one k16 step of a tile stored [n][k] (k contiguous,
-// `trans` false) or [k][n] (`trans` true): registers {b0, b1} of tile 2j, then of tile 2j + 1.
+// B fragments of n8 tiles 2j and 2j + 1 at one k step of a tile stored [n][k] (k contiguous,
+// `trans` false) or [k][n] (`trans` true): registers {b0, b1} of tile 2j, then of tile 2j + 1, raw
+// (finish_frag splits fp32). fp32 tiles stored [k][n] are read value by value (ldmatrix.trans
+// would split the 32-bit values).
 template <bool kTrans, typename T>
-__host__ __device__ __forceinline__ void load_b_pair(const Warp& w, T (*tile)[kTcPitch],
-                                                     int kk, int j, Lanes<uint32_t[4]>& out) {
-  ldmatrix_x4<kTrans, T>(
-      w,
-      [&](int l) {
-        const int i = l / 8, r = l % 8, n = 8 * (2 * j + (i >> 1)), k = 16 * kk + 8 * (i & 1);
-        return kTrans ? &tile[k + r][n] : &tile[n + r][k];
-      },
-      [&](int l) { return out[l]; });
+__host__ __device__ __forceinline__ void load_b_pair(const Warp& w, TileRows<T> tile, int kk,
+                                                     int j, Frag<T>& out) {
+  constexpr int K = Mma<T>::kK;
+  if constexpr (kTrans && std::is_same_v<T, float>) {
+    w.lanes([&](int l) {
+SSD_UNROLL
+      for (int h = 0; h < 2; ++h)
+SSD_UNROLL
+        for (int reg = 0; reg < 2; ++reg) {
+          int k, col;
+          b_element<T>(l, reg, 0, &k, &col);
+          out[l][2 * h + reg] = bits_of(tile[K * kk + k][8 * (2 * j + h) + col]);
+        }
+    });
+  } else {
+    ldmatrix_x4<kTrans, T>(
+        w,
+        [&](int l) {
+          const int i = l / 8, r = l % 8, n = 8 * (2 * j + (i >> 1)), k = K * kk + K / 2 * (i & 1);
+          return kTrans ? &tile[k + r][n] : &tile[n + r][k];
+        },
+        [&](int l) { return out[l]; });
+  }
 }
 
-// A fragment of rows m0..m0+15 at one k16 step of a tile stored [m][k] (`trans` false) or [k][m].
+// A fragment of rows m0..m0+15 at one k step of a tile stored [m][k] (`trans` false) or [k][m],
+// raw (finish_frag or set_reg make it ready).
 template <bool kTrans, typename T>
-__host__ __device__ __forceinline__ void load_a(const Warp& w, T (*tile)[kTcPitch], int m0,
-                                                int kk, Lanes<uint32_t[4]>& out) {
-  ldmatrix_x4<kTrans, T>(
-      w,
-      [&](int l) {
-        const int i = l / 8, r = l % 8, m = m0 + 8 * (i & 1), k = 16 * kk + 8 * (i >> 1);
-        return kTrans ? &tile[k + r][m] : &tile[m + r][k];
-      },
-      [&](int l) { return out[l]; });
+__host__ __device__ __forceinline__ void load_a(const Warp& w, TileRows<T> tile, int m0, int kk,
+                                                Frag<T>& out) {
+  constexpr int K = Mma<T>::kK;
+  if constexpr (kTrans && std::is_same_v<T, float>) {
+    w.lanes([&](int l) {
+SSD_UNROLL
+      for (int reg = 0; reg < 4; ++reg) {
+        int row, k;
+        a_element<T>(l, reg, 0, &row, &k);
+        out[l][reg] = bits_of(tile[K * kk + k][m0 + row]);
+      }
+    });
+  } else {
+    ldmatrix_x4<kTrans, T>(
+        w,
+        [&](int l) {
+          const int i = l / 8, r = l % 8, m = m0 + 8 * (i & 1), k = K * kk + K / 2 * (i >> 1);
+          return kTrans ? &tile[k + r][m] : &tile[m + r][k];
+        },
+        [&](int l) { return out[l]; });
+  }
 }
 
-// acc (16 x 64) += A (16 x k16) B (k16 x 64), B from a staged tile.
+// acc (16 x 64) += A (16 x k) B (k x 64) at k step kk, B from a staged tile.
 template <bool kTransB, typename T>
-__host__ __device__ __forceinline__ void mma_row_tile(const Warp& w, WarpAcc& acc,
-                                                      Lanes<uint32_t[4]>& a,
-                                                      T (*b_tile)[kTcPitch], int kk) {
+__host__ __device__ __forceinline__ void mma_row_tile(const Warp& w, WarpAcc& acc, Frag<T>& a,
+                                                      TileRows<T> b_tile, int kk) {
 SSD_UNROLL
   for (int j = 0; j < kTcColTiles / 2; ++j) {
-    Lanes<uint32_t[4]> b;
+    Frag<T> b;
     load_b_pair<kTransB, T>(w, b_tile, kk, j, b);
+    finish_frag<T>(w, b);
 SSD_UNROLL
     for (int h = 0; h < 2; ++h)
       warp_mma<T>(
@@ -777,6 +616,27 @@ SSD_UNROLL
   for (int j = 0; j < kTcColTiles; ++j)
 SSD_UNROLL
     for (int i = 0; i < 4; ++i) acc[lane][j][i] = 0.0f;
+}
+
+// Every warp's accumulator tile (rows row0 + 16 w + 0..15, columns col0 + 0..63) to
+// store(row, col, value), for the elements with row < rows and col < cols.
+template <class Store>
+__host__ __device__ __forceinline__ void store_acc_tile(const Block& blk, PerWarp<WarpAcc>& acc,
+                                                        int64_t row0, int64_t col0, int64_t rows,
+                                                        int64_t cols, Store&& store) {
+  warp_each(blk, [&](const Warp& w) {
+    w.lanes([&](int l) {
+SSD_UNROLL
+      for (int j = 0; j < kTcColTiles; ++j)
+SSD_UNROLL
+        for (int i = 0; i < 4; ++i) {
+          int row, col;
+          c_element(l, i, &row, &col);
+          const int64_t r = row0 + 16 * w.id + row, cc = col0 + 8 * j + col;
+          if (r < rows && cc < cols) store(r, cc, acc[w.id][l][j][i]);
+        }
+    });
+  });
 }
 
 // ---- staging tiles: cp.async where a row chunk is 16 aligned bytes, else plain loads -------------
@@ -805,15 +665,16 @@ __host__ __device__ __forceinline__ void cp_async_wait() {
 // elements) into dst, zero elsewhere. Every element of dst is written, so the MMA reads no stale
 // values (0 x NaN would survive masking).
 template <typename T>
-__host__ __device__ __forceinline__ void stage_tile(int t, T (*dst)[kTcPitch], const T* src,
+__host__ __device__ __forceinline__ void stage_tile(int t, TileRows<T> dst, const T* src,
                                                     int64_t ld, int64_t rows, int64_t cols) {
-  const bool vector = reinterpret_cast<uintptr_t>(src) % 16 == 0 && ld % 8 == 0;
-  constexpr int kChunks = kTcTile * kTcTile / 8;
+  constexpr int kVec = 16 / static_cast<int>(sizeof(T));  // values per 16-byte chunk
+  const bool vector = reinterpret_cast<uintptr_t>(src) % 16 == 0 && ld % kVec == 0;
+  constexpr int kChunks = kTcTile * kTcTile / kVec;
 SSD_UNROLL
   for (int e = t; e < kChunks; e += kThreads) {
-    const int row = e / (kTcTile / 8), col = 8 * (e % (kTcTile / 8));
+    const int row = e / (kTcTile / kVec), col = kVec * (e % (kTcTile / kVec));
     T* d = &dst[row][col];
-    if (row < rows && col + 8 <= cols && vector) {
+    if (row < rows && col + kVec <= cols && vector) {
 #ifdef __CUDA_ARCH__
       cp_async16(d, src + row * ld + col);
 #else
@@ -822,7 +683,7 @@ SSD_UNROLL
     } else if (row >= rows || col >= cols) {
       *reinterpret_cast<uint4*>(d) = uint4{0u, 0u, 0u, 0u};
     } else {
-      for (int i = 0; i < 8; ++i)
+      for (int i = 0; i < kVec; ++i)
         d[i] = col + i < cols ? src[row * ld + col + i] : from_float<T>(0.0f);
     }
   }
@@ -869,8 +730,8 @@ __host__ __device__ __forceinline__ float* ws_cb(const ScanParams& p, int64_t ch
 
 template <typename T>
 struct CbShared {
-  alignas(16) T c[2][kTcTile][kTcPitch];  // C of the block's 64 rows t, one 64-entry state step
-  alignas(16) T b[2][kTcTile][kTcPitch];  // B of its 64 columns s
+  alignas(16) T c[2][kTcTile][kPitch<T>];  // C of the block's 64 rows t, one 64-entry state step
+  alignas(16) T b[2][kTcTile][kPitch<T>];  // B of its 64 columns s
 };
 
 // Block (chunk * G + group, t tile, s tile): CB[t, s] = sum_n C[t, n] B[s, n] for s tile <= t tile
@@ -878,6 +739,7 @@ struct CbShared {
 template <typename T>
 __host__ __device__ __forceinline__ void chunk_cb_block(const ScanParams& p, const Block& blk,
                                                         CbShared<T>& sm) {
+  constexpr int K = Mma<T>::kK;
   const int64_t groups = groups_of(p);
   const int64_t chunk = blk.x / groups, group = blk.x % groups;
   const int64_t length = p.chunk_table[2 * p.num_chunks + chunk];
@@ -894,56 +756,48 @@ __host__ __device__ __forceinline__ void chunk_cb_block(const ScanParams& p, con
       blk, ceil_div_i(p.state_size, kTcTile),
       [&](int t, int64_t step, int buf) {
         const int64_t n0 = step * kTcTile;
-        stage_tile(t, sm.c[buf], C + t0 * p.C_stride_l + n0, p.C_stride_l, length - t0,
-                   p.state_size - n0);
-        stage_tile(t, sm.b[buf], B + s0 * p.B_stride_l + n0, p.B_stride_l, length - s0,
-                   p.state_size - n0);
+        stage_tile<T>(t, sm.c[buf], C + t0 * p.C_stride_l + n0, p.C_stride_l, length - t0,
+                      p.state_size - n0);
+        stage_tile<T>(t, sm.b[buf], B + s0 * p.B_stride_l + n0, p.B_stride_l, length - s0,
+                      p.state_size - n0);
       },
       [&](const Warp& w, int64_t step, int buf) {
         if (t0 + 16 * w.id >= length) return;
 SSD_UNROLL
-        for (int kk = 0; kk < kTcSteps; ++kk) {
-          if (step * kTcTile + 16 * kk >= p.state_size) break;
-          Lanes<uint32_t[4]> a;
+        for (int kk = 0; kk < kSteps<T>; ++kk) {
+          if (step * kTcTile + K * kk >= p.state_size) break;
+          Frag<T> a;
           load_a<false, T>(w, sm.c[buf], 16 * w.id, kk, a);
+          finish_frag<T>(w, a);
           mma_row_tile<false, T>(w, acc[w.id], a, sm.b[buf], kk);
         }
       });
   float* out = ws_cb(p, chunk, group);
   const int64_t pitch = ssd_scan_cb_pitch(p.chunk_size);
-  warp_each(blk, [&](const Warp& w) {
-    w.lanes([&](int l) {
-SSD_UNROLL
-      for (int j = 0; j < kTcColTiles; ++j)
-SSD_UNROLL
-        for (int i = 0; i < 4; ++i) {
-          int row, col;
-          c_element(l, i, &row, &col);
-          const int64_t t = t0 + 16 * w.id + row, s = s0 + 8 * j + col;
-          if (t < length && s < length) out[t * pitch + s] = acc[w.id][l][j][i];
-        }
-    });
-  });
+  store_acc_tile(blk, acc, t0, s0, length, length,
+                 [&](int64_t t, int64_t s, float v) { out[t * pitch + s] = v; });
 }
 
-// ---- 2 (tensor cores). chunk states ---------------------------------------------------------------
+// ---- 2. chunk states -----------------------------------------------------------------------------
 
 template <typename T>
 struct TcStateShared {
-  float w[kMaxChunk];                     // exp(cum_end - cum_t) * dt_t, 0 past the chunk
-  alignas(16) T x[2][kTcTile][kTcPitch];  // x (t, p) of one 64-token step
-  alignas(16) T b[2][kTcTile][kTcPitch];  // B (t, n)
+  float w[kMaxChunk];                        // exp(cum_end - cum_t) * dt_t, 0 past the chunk
+  alignas(16) T x[2][kTcTile][kPitch<T>];  // x (t, p) of one 64-token step
+  alignas(16) T b[2][kTcTile][kPitch<T>];  // B (t, n)
 };
 
 // Block (chunk * H' + head, p tile, n tile): S[p, n] = sum_t (x[t, p] w_t) B[t, n]; warp w owns
-// channels 16w..16w+15. Both operands are stored token-major, so both fragments come through
-// ldmatrix.trans; w_t scales the A fragment in registers before it is rounded back to 16 bits.
+// channels 16w..16w+15. Both operands are stored token-major, so both fragments come transposed
+// (ldmatrix.trans for 16 bits, value by value for fp32); w_t scales the A fragment in registers
+// before it is rounded back to 16 bits (or split into tf32 parts).
 template <typename T>
 __host__ __device__ __forceinline__ void tc_chunk_state_block(const ScanParams& p,
                                                               const Block& blk,
                                                               TcStateShared<T>& sm) {
+  constexpr int K = Mma<T>::kK, E = Mma<T>::kPerReg;
   const ChunkInfo c = chunk_info(p, blk.x);
-  if (c.length == 0) return;
+  if (c.length == 0) return;  // a padding chunk (packed inputs): the whole block leaves
   const int64_t p0 = blk.y * kTcTile, n0 = blk.z * kTcTile;
   const float* cum = ws_cum(p, c.chunk, c.head);
   const float* dt = ws_dt(p, c.chunk, c.head);
@@ -963,48 +817,41 @@ __host__ __device__ __forceinline__ void tc_chunk_state_block(const ScanParams& 
       blk, steps,
       [&](int t, int64_t step, int buf) {
         const int64_t q0 = step * kTcTile;
-        stage_tile(t, sm.x[buf], x + q0 * p.x_stride_l + p0, p.x_stride_l, c.length - q0,
-                   p.head_dim - p0);
-        stage_tile(t, sm.b[buf], B + q0 * p.B_stride_l + n0, p.B_stride_l, c.length - q0,
-                   p.state_size - n0);
+        stage_tile<T>(t, sm.x[buf], x + q0 * p.x_stride_l + p0, p.x_stride_l, c.length - q0,
+                      p.head_dim - p0);
+        stage_tile<T>(t, sm.b[buf], B + q0 * p.B_stride_l + n0, p.B_stride_l, c.length - q0,
+                      p.state_size - n0);
       },
       [&](const Warp& w, int64_t step, int buf) {
         if (p0 + 16 * w.id >= p.head_dim) return;
         const int64_t q0 = step * kTcTile;
 SSD_UNROLL
-        for (int kk = 0; kk < kTcSteps; ++kk) {
-          if (q0 + 16 * kk >= c.length) break;
-          Lanes<uint32_t[4]> a;
+        for (int kk = 0; kk < kSteps<T>; ++kk) {
+          if (q0 + K * kk >= c.length) break;
+          Frag<T> a;
           load_a<true, T>(w, sm.x[buf], 16 * w.id, kk, a);
           w.lanes([&](int l) {
 SSD_UNROLL
             for (int reg = 0; reg < 4; ++reg) {
-              int row, k;
-              a_element(l, reg, 0, &row, &k);
-              const float* wt = sm.w + q0 + 16 * kk + k;
-              a[l][reg] = pack<T>(half_of<T>(a[l][reg], 0) * wt[0], half_of<T>(a[l][reg], 1) * wt[1]);
+              float v[2];
+SSD_UNROLL
+              for (int h = 0; h < E; ++h) {
+                int row, k;
+                a_element<T>(l, reg, h, &row, &k);
+                v[h] = value_of<T>(a[l][reg], h) * sm.w[q0 + K * kk + k];
+              }
+              set_reg<T>(a[l], reg, v);
             }
           });
           mma_row_tile<true, T>(w, acc[w.id], a, sm.b[buf], kk);
         }
       });
   float* out = ws_state(p, c.chunk, c.head);
-  warp_each(blk, [&](const Warp& w) {
-    w.lanes([&](int l) {
-SSD_UNROLL
-      for (int j = 0; j < kTcColTiles; ++j)
-SSD_UNROLL
-        for (int i = 0; i < 4; ++i) {
-          int row, col;
-          c_element(l, i, &row, &col);
-          const int64_t pp = p0 + 16 * w.id + row, n = n0 + 8 * j + col;
-          if (pp < p.head_dim && n < p.state_size) out[pp * p.state_size + n] = acc[w.id][l][j][i];
-        }
-    });
-  });
+  store_acc_tile(blk, acc, p0, n0, p.head_dim, p.state_size,
+                 [&](int64_t pp, int64_t n, float v) { out[pp * p.state_size + n] = v; });
 }
 
-// ---- 4 (tensor cores). chunk scan -----------------------------------------------------------------
+// ---- 4. chunk scan -------------------------------------------------------------------------------
 
 template <typename T>
 struct TcScanShared {
@@ -1012,22 +859,23 @@ struct TcScanShared {
   float dt[kMaxChunk];
   union {
     struct {
-      alignas(16) T c[2][kTcTile][kTcPitch];  // C (t, n) of the block's tokens, one state step
-      alignas(16) T h[2][kTcTile][kTcPitch];  // entering state (p, n), rounded to T
+      alignas(16) T c[2][kTcTile][kPitch<T>];  // C (t, n) of the block's tokens, one state step
+      alignas(16) T h[2][kTcTile][kPitch<T>];  // entering state (p, n), rounded to T
     } inter;
-    alignas(16) T x[2][kTcTile][kTcPitch];  // x (s, p) of one step of source tokens
+    alignas(16) T x[2][kTcTile][kPitch<T>];  // x (s, p) of one step of source tokens
   } u;
 };
 
 // Block (chunk * H' + head, p tile, t tile): warp w owns output rows t0 + 16w .. + 15, all 64
 // channels. Inter-chunk term C h_in^T (A = C via ldmatrix, B = the state staged (p, n)), scaled
 // by exp(cum_t); then the intra-chunk term: the A fragment is built in registers from the group's
-// C.B^T (fp32, read in pairs), decayed, masked to s <= t and rounded; B = x via ldmatrix.trans.
+// C.B^T (fp32), decayed, masked to s <= t and rounded (or split); B = x, transposed.
 // A warp stops its source steps at its own last row (the causal skip is per warp).
 template <typename T>
 __host__ __device__ __forceinline__ void tc_chunk_scan_block(const ScanParams& p,
                                                              const Block& blk,
                                                              TcScanShared<T>& sm) {
+  constexpr int K = Mma<T>::kK, E = Mma<T>::kPerReg;
   const ChunkInfo c = chunk_info(p, blk.x);
   const int64_t p0 = blk.y * kTcTile, t0 = blk.z * kTcTile;
   if (t0 >= c.length) return;
@@ -1052,8 +900,8 @@ __host__ __device__ __forceinline__ void tc_chunk_scan_block(const ScanParams& p
       blk, ceil_div_i(p.state_size, kTcTile),
       [&](int t, int64_t step, int buf) {
         const int64_t n0 = step * kTcTile;
-        stage_tile(t, sm.u.inter.c[buf], C + t0 * p.C_stride_l + n0, p.C_stride_l,
-                   rows_end - t0, p.state_size - n0);
+        stage_tile<T>(t, sm.u.inter.c[buf], C + t0 * p.C_stride_l + n0, p.C_stride_l,
+                      rows_end - t0, p.state_size - n0);
         for (int e = t; e < kTcTile * kTcTile; e += kThreads) {
           const int pp = e / kTcTile, col = e % kTcTile;
           const int64_t n = n0 + col;
@@ -1065,10 +913,11 @@ __host__ __device__ __forceinline__ void tc_chunk_scan_block(const ScanParams& p
       [&](const Warp& w, int64_t step, int buf) {
         if (t0 + 16 * w.id >= rows_end) return;
 SSD_UNROLL
-        for (int kk = 0; kk < kTcSteps; ++kk) {
-          if (step * kTcTile + 16 * kk >= p.state_size) break;
-          Lanes<uint32_t[4]> a;
+        for (int kk = 0; kk < kSteps<T>; ++kk) {
+          if (step * kTcTile + K * kk >= p.state_size) break;
+          Frag<T> a;
           load_a<false, T>(w, sm.u.inter.c[buf], 16 * w.id, kk, a);
+          finish_frag<T>(w, a);
           mma_row_tile<false, T>(w, acc[w.id], a, sm.u.inter.h[buf], kk);
         }
       });
@@ -1093,37 +942,45 @@ SSD_UNROLL
         blk, ceil_div_i(rows_end, kTcTile),
         [&](int t, int64_t step, int buf) {
           const int64_t s0 = step * kTcTile;
-          stage_tile(t, sm.u.x[buf], x + s0 * p.x_stride_l + p0, p.x_stride_l, c.length - s0,
-                     p.head_dim - p0);
+          stage_tile<T>(t, sm.u.x[buf], x + s0 * p.x_stride_l + p0, p.x_stride_l, c.length - s0,
+                        p.head_dim - p0);
         },
         [&](const Warp& w, int64_t step, int buf) {
           const int64_t r0 = t0 + 16 * w.id;
           if (r0 >= rows_end) return;
           const int64_t last = min64(r0 + 15, rows_end - 1), s0 = step * kTcTile;
 SSD_UNROLL
-          for (int kk = 0; kk < kTcSteps; ++kk) {
-            if (s0 + 16 * kk > last) break;
-            Lanes<uint32_t[4]> a;
+          for (int kk = 0; kk < kSteps<T>; ++kk) {
+            if (s0 + K * kk > last) break;
+            Frag<T> a;
             w.lanes([&](int l) {
 SSD_UNROLL
               for (int reg = 0; reg < 4; ++reg) {
                 int row, k;
-                a_element(l, reg, 0, &row, &k);
-                const int64_t t = r0 + row, s = s0 + 16 * kk + k;
+                a_element<T>(l, reg, 0, &row, &k);
+                const int64_t t = r0 + row, s = s0 + K * kk + k;
                 float v[2] = {0.0f, 0.0f};
-                if (t < rows_end && s <= t) {  // s + 1 <= pitch - 1: the pair is in the row
+                if (t < rows_end && s <= t) {  // 16 bits: s + 1 <= pitch - 1, the pair is in the row
                   const float* pair = cb + t * pitch + s;
+                  float cbv[2];
+                  if constexpr (E == 2) {
 #ifdef __CUDA_ARCH__
-                  const float2 two = *reinterpret_cast<const float2*>(pair);
-                  const float cbv[2] = {two.x, two.y};
+                    const float2 two = *reinterpret_cast<const float2*>(pair);
+                    cbv[0] = two.x;
+                    cbv[1] = two.y;
 #else
-                  const float cbv[2] = {pair[0], pair[1]};
+                    cbv[0] = pair[0];
+                    cbv[1] = pair[1];
 #endif
+                  } else {
+                    cbv[0] = pair[0];
+                  }
                   const float ct = sm.cum[t];
-                  v[0] = cbv[0] * expf(ct - sm.cum[s]) * sm.dt[s];
-                  if (s + 1 <= t) v[1] = cbv[1] * expf(ct - sm.cum[s + 1]) * sm.dt[s + 1];
+SSD_UNROLL
+                  for (int h = 0; h < E; ++h)
+                    if (s + h <= t) v[h] = cbv[h] * expf(ct - sm.cum[s + h]) * sm.dt[s + h];
                 }
-                a[l][reg] = pack<T>(v[0], v[1]);
+                set_reg<T>(a[l], reg, v);
               }
             });
             mma_row_tile<true, T>(w, acc[w.id], a, sm.u.x[buf], kk);
@@ -1135,27 +992,15 @@ SSD_UNROLL
                                     c.token0 * p.z_stride_l + c.head * p.z_stride_h;
   T* y = static_cast<T*>(p.y) + c.batch * p.y_stride_b + c.token0 * p.y_stride_l +
          c.head * p.y_stride_h;
-  warp_each(blk, [&](const Warp& w) {
-    w.lanes([&](int l) {
-SSD_UNROLL
-      for (int j = 0; j < kTcColTiles; ++j)
-SSD_UNROLL
-        for (int i = 0; i < 4; ++i) {
-          int row, col;
-          c_element(l, i, &row, &col);
-          const int64_t t = t0 + 16 * w.id + row, pp = p0 + 8 * j + col;
-          if (t >= rows_end || pp >= p.head_dim) continue;
-          float out = acc[w.id][l][j][i];
-          if (p.D != nullptr)
-            out += load_float(p.D, p.D_type, c.parent_head * p.D_stride_h + pp * p.D_stride_p) *
-                   to_float(x[t * p.x_stride_l + pp]);
-          if (z != nullptr) {
-            const float g = to_float(z[t * p.z_stride_l + pp]);
-            out *= g / (1.0f + expf(-g));
-          }
-          y[t * p.y_stride_l + pp] = from_float<T>(out);
-        }
-    });
+  store_acc_tile(blk, acc, t0, p0, rows_end, p.head_dim, [&](int64_t t, int64_t pp, float out) {
+    if (p.D != nullptr)
+      out += load_float(p.D, p.D_type, c.parent_head * p.D_stride_h + pp * p.D_stride_p) *
+             to_float(x[t * p.x_stride_l + pp]);
+    if (z != nullptr) {
+      const float g = to_float(z[t * p.z_stride_l + pp]);
+      out *= g / (1.0f + expf(-g));
+    }
+    y[t * p.y_stride_l + pp] = from_float<T>(out);
   });
 }
 
@@ -1163,43 +1008,36 @@ SSD_UNROLL
 
 __device__ __forceinline__ Block this_block() { return Block{blockIdx.x, blockIdx.y, blockIdx.z}; }
 
+// The tensor-core kernels' shared memory is dynamic: fp32 tiles need ~70 KB, above the 48 KB a
+// static declaration may take.
+template <class Shared>
+__device__ __forceinline__ Shared& dynamic_shared() {
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  return *reinterpret_cast<Shared*>(shared_bytes);
+}
+
 __global__ void __launch_bounds__(kThreads) cumsum_kernel(const ScanParams p) {
   __shared__ CumsumShared sm;
   cumsum_block(p, this_block(), sm);
-}
-
-template <typename ActT>
-__global__ void __launch_bounds__(kThreads) chunk_state_kernel(const ScanParams p) {
-  __shared__ StateShared sm;
-  chunk_state_block<ActT>(p, this_block(), sm);
 }
 
 __global__ void __launch_bounds__(kThreads) state_passing_kernel(const ScanParams p) {
   state_passing_block(p, this_block());
 }
 
-template <typename ActT>
-__global__ void __launch_bounds__(kThreads) chunk_scan_kernel(const ScanParams p) {
-  __shared__ ScanShared sm;
-  chunk_scan_block<ActT>(p, this_block(), sm);
-}
-
 template <typename T>
 __global__ void __launch_bounds__(kThreads) chunk_cb_kernel(const ScanParams p) {
-  __shared__ CbShared<T> sm;
-  chunk_cb_block<T>(p, this_block(), sm);
+  chunk_cb_block<T>(p, this_block(), dynamic_shared<CbShared<T>>());
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) tc_chunk_state_kernel(const ScanParams p) {
-  __shared__ TcStateShared<T> sm;
-  tc_chunk_state_block<T>(p, this_block(), sm);
+  tc_chunk_state_block<T>(p, this_block(), dynamic_shared<TcStateShared<T>>());
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) tc_chunk_scan_kernel(const ScanParams p) {
-  __shared__ TcScanShared<T> sm;
-  tc_chunk_scan_block<T>(p, this_block(), sm);
+  tc_chunk_scan_block<T>(p, this_block(), dynamic_shared<TcScanShared<T>>());
 }
 
 struct Grids {
@@ -1217,14 +1055,14 @@ Grids grids_of(const ScanParams& p) {
   g.any_passing = p.num_seqs * p.active_heads > 0 && p.state_size > 0;
   g.chunk_heads = dim3(static_cast<unsigned>(chunk_heads));
   g.cb = dim3(static_cast<unsigned>(p.num_chunks * groups_of(p)),
-               static_cast<unsigned>(cdiv(p.chunk_size, kTcTile)),
-               static_cast<unsigned>(cdiv(p.chunk_size, kTcTile)));
-  g.state = dim3(static_cast<unsigned>(chunk_heads), static_cast<unsigned>(cdiv(p.head_dim, kTileP)),
-                 static_cast<unsigned>(cdiv(p.state_size, kTileN)));
+              static_cast<unsigned>(cdiv(p.chunk_size, kTcTile)),
+              static_cast<unsigned>(cdiv(p.chunk_size, kTcTile)));
+  g.state = dim3(static_cast<unsigned>(chunk_heads), static_cast<unsigned>(cdiv(p.head_dim, kTcTile)),
+                 static_cast<unsigned>(cdiv(p.state_size, kTcTile)));
   g.passing = dim3(static_cast<unsigned>(p.num_seqs * p.active_heads),
                    static_cast<unsigned>(cdiv(p.head_dim * p.state_size, kThreads * kPassElems)));
-  g.scan = dim3(static_cast<unsigned>(chunk_heads), static_cast<unsigned>(cdiv(p.head_dim, kTileP)),
-                static_cast<unsigned>(cdiv(p.chunk_size, kScanRows)));
+  g.scan = dim3(static_cast<unsigned>(chunk_heads), static_cast<unsigned>(cdiv(p.head_dim, kTcTile)),
+                static_cast<unsigned>(cdiv(p.chunk_size, kTcTile)));
   return g;
 }
 
@@ -1232,24 +1070,35 @@ bool grids_fit(const ScanParams& p) {
   const int64_t limit = 0x7fffffffLL;
   return p.num_chunks * p.active_heads <= limit && p.num_seqs * p.active_heads <= limit &&
          cdiv(p.head_dim * p.state_size, kThreads * kPassElems) <= 65535 &&
-         cdiv(p.head_dim, kTileP) <= 65535 && cdiv(p.state_size, kTileN) <= 65535;
+         cdiv(p.head_dim, kTcTile) <= 65535 && cdiv(p.state_size, kTcTile) <= 65535;
 }
 
-template <typename ActT>
+// A tensor-core kernel with its shared memory as dynamic shared memory (opted in above 48 KB).
+template <class Shared>
+cudaError_t launch_tc(void (*kernel)(ScanParams), dim3 grid, const ScanParams& p,
+                      cudaStream_t stream) {
+  constexpr int kBytes = static_cast<int>(sizeof(Shared));
+  if (kBytes > 48 * 1024) {
+    const cudaError_t e =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
+    if (e != cudaSuccess) return e;
+  }
+  kernel<<<grid, kThreads, kBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T>
 cudaError_t launch(const ScanParams& p, cudaStream_t stream) {
   const Grids g = grids_of(p);
+  cudaError_t e = cudaSuccess;
   if (g.any_chunks) cumsum_kernel<<<g.chunk_heads, kThreads, 0, stream>>>(p);
-  if constexpr (std::is_same_v<ActT, float>) {
-    if (g.any_states) chunk_state_kernel<ActT><<<g.state, kThreads, 0, stream>>>(p);
-    if (g.any_passing) state_passing_kernel<<<g.passing, kThreads, 0, stream>>>(p);
-    if (g.any_chunks) chunk_scan_kernel<ActT><<<g.scan, kThreads, 0, stream>>>(p);
-  } else {
-    if (g.any_states) chunk_cb_kernel<ActT><<<g.cb, kThreads, 0, stream>>>(p);
-    if (g.any_states) tc_chunk_state_kernel<ActT><<<g.state, kThreads, 0, stream>>>(p);
-    if (g.any_passing) state_passing_kernel<<<g.passing, kThreads, 0, stream>>>(p);
-    if (g.any_chunks) tc_chunk_scan_kernel<ActT><<<g.scan, kThreads, 0, stream>>>(p);
-  }
-  return cudaGetLastError();
+  if (g.any_states && e == cudaSuccess) e = launch_tc<CbShared<T>>(chunk_cb_kernel<T>, g.cb, p, stream);
+  if (g.any_states && e == cudaSuccess)
+    e = launch_tc<TcStateShared<T>>(tc_chunk_state_kernel<T>, g.state, p, stream);
+  if (g.any_passing && e == cudaSuccess) state_passing_kernel<<<g.passing, kThreads, 0, stream>>>(p);
+  if (g.any_chunks && e == cudaSuccess)
+    e = launch_tc<TcScanShared<T>>(tc_chunk_scan_kernel<T>, g.scan, p, stream);
+  return e != cudaSuccess ? e : cudaGetLastError();
 }
 
 // The host schedule: every block in turn, each block's phases in order, each phase thread by thread.
@@ -1263,38 +1112,27 @@ void run_host_grid(dim3 grid, Program program) {
 
 struct NoShared {};
 
-template <typename ActT>
+template <typename T>
 void run_host(const ScanParams& p) {
   const Grids g = grids_of(p);
   if (g.any_chunks)
     run_host_grid<CumsumShared>(g.chunk_heads, [&](const Block& b, CumsumShared& sm) {
       cumsum_block(p, b, sm);
     });
-  if constexpr (std::is_same_v<ActT, float>) {
-    if (g.any_states)
-      run_host_grid<StateShared>(g.state, [&](const Block& b, StateShared& sm) {
-        chunk_state_block<ActT>(p, b, sm);
-      });
-  } else if (g.any_states) {
-    run_host_grid<CbShared<ActT>>(g.cb, [&](const Block& b, CbShared<ActT>& sm) {
-      chunk_cb_block<ActT>(p, b, sm);
+  if (g.any_states) {
+    run_host_grid<CbShared<T>>(g.cb, [&](const Block& b, CbShared<T>& sm) {
+      chunk_cb_block<T>(p, b, sm);
     });
-    run_host_grid<TcStateShared<ActT>>(g.state, [&](const Block& b, TcStateShared<ActT>& sm) {
-      tc_chunk_state_block<ActT>(p, b, sm);
+    run_host_grid<TcStateShared<T>>(g.state, [&](const Block& b, TcStateShared<T>& sm) {
+      tc_chunk_state_block<T>(p, b, sm);
     });
   }
   if (g.any_passing)
     run_host_grid<NoShared>(g.passing, [&](const Block& b, NoShared&) { state_passing_block(p, b); });
-  if constexpr (std::is_same_v<ActT, float>) {
-    if (g.any_chunks)
-      run_host_grid<ScanShared>(g.scan, [&](const Block& b, ScanShared& sm) {
-        chunk_scan_block<ActT>(p, b, sm);
-      });
-  } else if (g.any_chunks) {
-    run_host_grid<TcScanShared<ActT>>(g.scan, [&](const Block& b, TcScanShared<ActT>& sm) {
-      tc_chunk_scan_block<ActT>(p, b, sm);
+  if (g.any_chunks)
+    run_host_grid<TcScanShared<T>>(g.scan, [&](const Block& b, TcScanShared<T>& sm) {
+      tc_chunk_scan_block<T>(p, b, sm);
     });
-  }
 }
 
 bool nothing_to_do(const ScanParams& p) {

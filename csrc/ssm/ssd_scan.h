@@ -17,11 +17,12 @@
 //
 // Phases (one kernel each): (1) chunk cumsum of dt*A, (2) each chunk's own state contribution,
 // (3) state passing across the chunks of a sequence (also the final states), (4) chunk scan: the
-// intra-chunk C.B^T decay-masked term, the inter-chunk C.h term, D.x and the z gate. With fp16/bf16
-// activations (2) and (4) run on tensor cores (mma.sync m16n8k16, fp32 accumulation) and C.B^T is
-// a kernel of its own between (1) and (2), once per (chunk, group) instead of once per head; the
-// decayed operands (x dt exp(cum_end - cum_t), the masked decayed scores, the entering state) are
-// rounded to the activation dtype for the MMA. fp32 activations run scalar fp32 kernels.
+// intra-chunk C.B^T decay-masked term, the inter-chunk C.h term, D.x and the z gate. (2) and (4)
+// run on tensor cores (mma.sync, fp32 accumulation: m16n8k16 for fp16/bf16, 3xTF32 m16n8k8 for
+// fp32, which keeps fp32 accuracy) and C.B^T is a kernel of its own between (1) and (2), once per
+// (chunk, group) instead of once per head; with 16-bit activations the decayed operands (x dt
+// exp(cum_end - cum_t), the masked decayed scores, the entering state) are rounded to the
+// activation dtype for the MMA.
 //
 // ssd_scan_host() runs the very same per-thread code on the CPU (block by block, barrier phase by
 // barrier phase, thread by thread, shared memory a host array). It verifies the arithmetic and the
@@ -76,7 +77,7 @@ struct ScanParams {
 };
 
 // fp32 values of scratch: processed dt and cumulative dt*A per (chunk, head, token of the chunk),
-// the state entering every (chunk, head), (p, N) each, and (16-bit activations) C.B^T once per
+// the state entering every (chunk, head), (p, N) each, and C.B^T once per
 // (chunk, group), Q x Q rows of an even pitch so the chunk scan reads it in 8-byte pairs; the
 // C.B^T block starts 16-byte aligned. __host__ __device__: the kernels address the workspace with
 // the same functions the launchers size it with.

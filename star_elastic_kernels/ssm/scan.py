@@ -2,9 +2,10 @@
 
 Order: launchers, the registered op ``star_elastic::ssd_scan`` (fake impl, autograd), the public
 wrapper. Kernels: ``csrc/ssm/ssd_scan.cu`` (cuda: the classic phases, chunk cumsum, chunk
-states, state passing, chunk scan, as plain CUDA C++; with fp16/bf16 activations the chunk states
-and the chunk scan run on tensor cores (mma.sync, fp32 accumulation) and C.B^T is computed once per
-(chunk, group) by a kernel of its own; fp32 activations run scalar fp32 kernels; states fp32),
+states, state passing, chunk scan, as plain CUDA C++; the chunk states and the chunk scan run on
+tensor cores (mma.sync, fp32 accumulation: fp16/bf16 operands as they are, fp32 ones as 3xTF32,
+which keeps fp32 accuracy) and C.B^T is computed once per (chunk, group) by a kernel of its own;
+states fp32),
 ``star_elastic_kernels/triton/ssd_scan.py`` (triton); the specification is
 ``star_elastic_kernels.reference.ssm.ssd_scan`` (torch, the plain sequential recurrence).
 
@@ -32,9 +33,8 @@ from star_elastic_kernels.reference import ssm as reference
 from star_elastic_kernels.ssm import _checks
 from star_elastic_kernels.ssm._chunks import chunk_tables, packed_bounds
 
-# auto prefers Triton until a GPU has timed both: the CUDA forward's 16-bit path (mma.sync, C.B^T
-# once per group) compiles and is statically checked but has never run on a GPU; its fp32 path is
-# scalar FMA.
+# auto prefers Triton until a GPU has timed both: the CUDA forward (mma.sync, C.B^T once per
+# group) compiles and is statically checked but has never run on a GPU.
 SPEC = _backends.register(_backends.OpSpec("ssd_scan", backends=("triton", "cuda", "torch"),
                                             cuda_ops=("_ssd_scan",),
                                             supports=_checks.kernels_skip_float64))

@@ -7,8 +7,10 @@ below the roofline; these facts are what can be checked without a GPU:
 
 * the decode step (bandwidth-bound) issues 16-byte loads in every unit-stride instantiation;
 * no SSM kernel spills to local memory (no stack frame, no STL/LDL);
-* the SSD scan's matmul kernels for 16-bit activations (C.B^T, chunk state, chunk scan) run on
-  tensor cores (HMMA), read their fragments with ldmatrix and stage tiles with cp.async.
+* the SSD scan's matmul kernels (C.B^T, chunk state, chunk scan) run on tensor cores for every
+  activation dtype: HMMA.16816 for fp16/bf16, three HMMA.1688 TF32 per step for fp32 (3xTF32),
+  read their fragments with ldmatrix (where no transpose of 32-bit values is needed) and stage
+  tiles with cp.async; no scalar-FFMA matmul kernel is left.
 """
 
 from __future__ import annotations
@@ -100,14 +102,29 @@ def test_decode_unit_stride_instantiations_issue_16_byte_loads_before_stores(ssm
 
 
 # Per staged 64-wide tile a warp issues 4 k16 steps x 8 n8 tiles of m16n8k16: 32 HMMA per GEMM
-# body once unrolled (the chunk scan has two GEMMs, the inter- and the intra-chunk term).
+# body once unrolled (the chunk scan has two GEMMs, the inter- and the intra-chunk term). fp32:
+# 8 k8 steps x 8 n8 tiles x 3 (3xTF32) = 192 HMMA.1688 per GEMM body.
 TENSOR_CORE_SCAN_KERNELS = {"chunk_cb_kernel": 32, "tc_chunk_state_kernel": 32,
                             "tc_chunk_scan_kernel": 64}
+TF32_PARTS = 3
+# fp32 tiles stored token-major are read value by value (ldmatrix.trans would split 32-bit
+# values): the chunk state's fp32 kernel has both operands that way, so no LDSM.
+FP32_WITHOUT_LDMATRIX = ("tc_chunk_state_kernel",)
+
+
+def _found(ssm_kernels, kernel, dtype_part):
+    return {n: k for n, k in ssm_kernels.items()
+            if re.search(rf"::{kernel}<", n) and dtype_part(n)}
+
+
+def _no_spills(name, k):
+    assert not re.search(r"(STACK|LOCAL):[1-9]", k["usage"]), (name, k["usage"])
+    assert not _count(k["ops"], "STL") + _count(k["ops"], "LDL"), name
 
 
 @pytest.mark.parametrize("kernel", sorted(TENSOR_CORE_SCAN_KERNELS))
 def test_ssd_scan_16_bit_matmul_kernels_use_tensor_cores(ssm_kernels, kernel):
-    found = {n: k for n, k in ssm_kernels.items() if re.search(rf"::{kernel}<", n)}
+    found = _found(ssm_kernels, kernel, lambda n: "<float>" not in n)
     assert len(found) == 2, sorted(found)  # fp16 and bf16
     for name, k in found.items():
         ops = k["ops"]
@@ -117,11 +134,26 @@ def test_ssd_scan_16_bit_matmul_kernels_use_tensor_cores(ssm_kernels, kernel):
         assert all(("BF16" in o) == bf16 for o in hmma), (name, sorted(set(hmma)))
         assert _count(ops, "LDSM"), name  # fragments through ldmatrix
         assert _count(ops, "LDGSTS"), name  # 16-byte cp.async staging
-        assert not re.search(r"(STACK|LOCAL):[1-9]", k["usage"]), (name, k["usage"])
-        assert not _count(ops, "STL") + _count(ops, "LDL"), name
+        _no_spills(name, k)
 
 
-def test_ssd_scan_fp32_matmul_kernels_are_the_scalar_ones(ssm_kernels):
-    """fp32 activations keep the FFMA kernels (no tf32 path): no tensor-core kernel for float."""
-    for kernel in TENSOR_CORE_SCAN_KERNELS:
-        assert not [n for n in ssm_kernels if re.search(rf"::{kernel}<float>", n)], kernel
+@pytest.mark.parametrize("kernel", sorted(TENSOR_CORE_SCAN_KERNELS))
+def test_ssd_scan_fp32_matmul_kernels_use_tf32_tensor_cores(ssm_kernels, kernel):
+    found = _found(ssm_kernels, kernel, lambda n: "<float>" in n)
+    assert len(found) == 1, sorted(found)
+    (name, k), = found.items()
+    ops = k["ops"]
+    tf32 = [o for o in ops if o.startswith("HMMA.1688.F32.TF32")]
+    want = TENSOR_CORE_SCAN_KERNELS[kernel] * 2 * TF32_PARTS  # k8 steps: twice the k16 ones
+    assert len(tf32) >= want, (name, len(tf32), want)
+    assert not [o for o in ops if o.startswith("HMMA.16816")], name
+    assert _count(ops, "LDGSTS"), name
+    if kernel not in FP32_WITHOUT_LDMATRIX:
+        assert _count(ops, "LDSM"), name
+    _no_spills(name, k)
+
+
+def test_the_scalar_scan_kernels_are_gone(ssm_kernels):
+    """Every SSD matmul runs on tensor cores: no scalar chunk_state/chunk_scan kernel is built."""
+    scalar = [n for n in ssm_kernels if re.search(r"::(chunk_state|chunk_scan)_kernel<", n)]
+    assert not scalar, scalar
