@@ -20,8 +20,9 @@
 // tile's copy overlaps the current MMAs; each warp owns a 16 x 64 output tile:
 //  1b. chunk_cb_kernel, per (chunk, group, 64 rows t, 64 columns s <= t): C.B^T in fp32 to the
 //     workspace, once per group: every head of the group reads it, none recomputes it.
-//  2. tc_chunk_state_kernel, per (chunk, head, 64 channels, 64 state entries): the chunk's own
-//     state S[p, n] = sum_t x[t, p] exp(cum_end - cum_t) dt_t B[t, n]; x and B are token-major,
+//  2. tc_chunk_state_kernel, per (chunk, group, 64 channels, 64 state entries), the group's heads
+//     in turn over B staged once: the chunk's own state of each head
+//     S[p, n] = sum_t x[t, p] exp(cum_end - cum_t) dt_t B[t, n]; x and B are token-major,
 //     so both fragments come transposed, and the decay scales the x fragment in registers before
 //     it is rounded back to 16 bits (or split into tf32 parts).
 //  4. tc_chunk_scan_kernel, per (chunk, head, 64 channels, 64 tokens): y = exp(cum_t) C_t h_in
@@ -780,75 +781,92 @@ SSD_UNROLL
 
 // ---- 2. chunk states -----------------------------------------------------------------------------
 
+// B of a whole chunk stays in shared memory while the block runs every head of the group over it.
+constexpr int kStateTiles = static_cast<int>(kMaxChunk) / kTcTile;
+
 template <typename T>
 struct TcStateShared {
-  float w[kMaxChunk];                        // exp(cum_end - cum_t) * dt_t, 0 past the chunk
-  alignas(16) T x[2][kTcTile][kPitch<T>];  // x (t, p) of one 64-token step
-  alignas(16) T b[2][kTcTile][kPitch<T>];  // B (t, n)
+  float w[kMaxChunk];                                 // exp(cum_end - cum_t) * dt_t, 0 past the chunk
+  alignas(16) T b[kStateTiles][kTcTile][kPitch<T>];  // B (t, n) of the chunk, 64 tokens a tile
+  alignas(16) T x[2][kTcTile][kPitch<T>];            // x (t, p) of one 64-token step of one head
 };
 
-// Block (chunk * H' + head, p tile, n tile): S[p, n] = sum_t (x[t, p] w_t) B[t, n]; warp w owns
-// channels 16w..16w+15. Both operands are stored token-major, so both fragments come transposed
-// (ldmatrix.trans for 16 bits, value by value for fp32); w_t scales the A fragment in registers
-// before it is rounded back to 16 bits (or split into tf32 parts).
+// Block (chunk * G + group, p tile, n tile), for every head of the group in turn:
+// S[p, n] = sum_t (x[t, p] w_t) B[t, n]; warp w owns channels 16w..16w+15. B is staged once per
+// (chunk, group) and read by all the group's heads; x and w are per head. Both operands are
+// stored token-major, so both fragments come transposed (ldmatrix.trans for 16 bits, value by
+// value for fp32); w_t scales the A fragment in registers before it is rounded back to 16 bits (or
+// split into tf32 parts).
 template <typename T>
 __host__ __device__ __forceinline__ void tc_chunk_state_block(const ScanParams& p,
                                                               const Block& blk,
                                                               TcStateShared<T>& sm) {
   constexpr int K = Mma<T>::kK, E = Mma<T>::kPerReg;
-  const ChunkInfo c = chunk_info(p, blk.x);
-  if (c.length == 0) return;  // a padding chunk (packed inputs): the whole block leaves
+  const int64_t groups = groups_of(p);
+  const int64_t chunk = blk.x / groups, group = blk.x % groups;
+  const int64_t length = p.chunk_table[2 * p.num_chunks + chunk];
+  if (length == 0) return;  // a padding chunk (packed inputs): the whole block leaves
   const int64_t p0 = blk.y * kTcTile, n0 = blk.z * kTcTile;
-  const float* cum = ws_cum(p, c.chunk, c.head);
-  const float* dt = ws_dt(p, c.chunk, c.head);
-  const float total = cum[c.length - 1];
-  const T* x = static_cast<const T*>(p.x) + c.batch * p.x_stride_b + c.token0 * p.x_stride_l +
-               c.head * p.x_stride_h;
-  const T* B = static_cast<const T*>(p.B) + c.batch * p.B_stride_b + c.token0 * p.B_stride_l +
-               c.group * p.B_stride_g;
-  const int64_t steps = ceil_div_i(c.length, kTcTile);
-  PerWarp<WarpAcc> acc;
-  blk.phase([&](int t) {
-    for (int64_t i = t; i < steps * kTcTile; i += kThreads)
-      sm.w[i] = i < c.length ? expf(total - cum[i]) * dt[i] : 0.0f;
+  const int64_t batch = p.chunk_table[chunk], token0 = p.chunk_table[p.num_chunks + chunk];
+  const int64_t steps = ceil_div_i(length, kTcTile);
+  const T* B = static_cast<const T*>(p.B) + batch * p.B_stride_b + token0 * p.B_stride_l +
+               group * p.B_stride_g + n0;
+  // one cp.async group, the oldest: the first wait of every head's pipeline covers it
+  blk.each([&](int t) {
+    for (int64_t step = 0; step < steps; ++step)
+      stage_tile<T>(t, sm.b[step], B + step * kTcTile * p.B_stride_l, p.B_stride_l,
+                    length - step * kTcTile, p.state_size - n0);
+    cp_async_commit();
   });
-  warp_each(blk, [&](const Warp& w) { w.lanes([&](int l) { zero_acc(acc[w.id], l); }); });
-  pipeline(
-      blk, steps,
-      [&](int t, int64_t step, int buf) {
-        const int64_t q0 = step * kTcTile;
-        stage_tile<T>(t, sm.x[buf], x + q0 * p.x_stride_l + p0, p.x_stride_l, c.length - q0,
-                      p.head_dim - p0);
-        stage_tile<T>(t, sm.b[buf], B + q0 * p.B_stride_l + n0, p.B_stride_l, c.length - q0,
-                      p.state_size - n0);
-      },
-      [&](const Warp& w, int64_t step, int buf) {
-        if (p0 + 16 * w.id >= p.head_dim) return;
-        const int64_t q0 = step * kTcTile;
+  for (int64_t i = 0; i < p.heads_per_group; ++i) {
+    const int64_t head = group * p.heads_per_group + i;
+    const float* cum = ws_cum(p, chunk, head);
+    const float* dt = ws_dt(p, chunk, head);
+    const float total = cum[length - 1];
+    const T* x = static_cast<const T*>(p.x) + batch * p.x_stride_b + token0 * p.x_stride_l +
+                 head * p.x_stride_h + p0;
+    PerWarp<WarpAcc> acc;
+    // the previous head's last barrier has freed w and both x buffers
+    blk.phase([&](int t) {
+      for (int64_t q = t; q < steps * kTcTile; q += kThreads)
+        sm.w[q] = q < length ? expf(total - cum[q]) * dt[q] : 0.0f;
+    });
+    warp_each(blk, [&](const Warp& w) { w.lanes([&](int l) { zero_acc(acc[w.id], l); }); });
+    pipeline(
+        blk, steps,
+        [&](int t, int64_t step, int buf) {
+          const int64_t q0 = step * kTcTile;
+          stage_tile<T>(t, sm.x[buf], x + q0 * p.x_stride_l, p.x_stride_l, length - q0,
+                        p.head_dim - p0);
+        },
+        [&](const Warp& w, int64_t step, int buf) {
+          if (p0 + 16 * w.id >= p.head_dim) return;
+          const int64_t q0 = step * kTcTile;
 SSD_UNROLL
-        for (int kk = 0; kk < kSteps<T>; ++kk) {
-          if (q0 + K * kk >= c.length) break;
-          Frag<T> a;
-          load_a<true, T>(w, sm.x[buf], 16 * w.id, kk, a);
-          w.lanes([&](int l) {
+          for (int kk = 0; kk < kSteps<T>; ++kk) {
+            if (q0 + K * kk >= length) break;
+            Frag<T> a;
+            load_a<true, T>(w, sm.x[buf], 16 * w.id, kk, a);
+            w.lanes([&](int l) {
 SSD_UNROLL
-            for (int reg = 0; reg < 4; ++reg) {
-              float v[2];
+              for (int reg = 0; reg < 4; ++reg) {
+                float v[2];
 SSD_UNROLL
-              for (int h = 0; h < E; ++h) {
-                int row, k;
-                a_element<T>(l, reg, h, &row, &k);
-                v[h] = value_of<T>(a[l][reg], h) * sm.w[q0 + K * kk + k];
+                for (int h = 0; h < E; ++h) {
+                  int row, k;
+                  a_element<T>(l, reg, h, &row, &k);
+                  v[h] = value_of<T>(a[l][reg], h) * sm.w[q0 + K * kk + k];
+                }
+                set_reg<T>(a[l], reg, v);
               }
-              set_reg<T>(a[l], reg, v);
-            }
-          });
-          mma_row_tile<true, T>(w, acc[w.id], a, sm.b[buf], kk);
-        }
-      });
-  float* out = ws_state(p, c.chunk, c.head);
-  store_acc_tile(blk, acc, p0, n0, p.head_dim, p.state_size,
-                 [&](int64_t pp, int64_t n, float v) { out[pp * p.state_size + n] = v; });
+            });
+            mma_row_tile<true, T>(w, acc[w.id], a, sm.b[step], kk);
+          }
+        });
+    float* out = ws_state(p, chunk, head);
+    store_acc_tile(blk, acc, p0, n0, p.head_dim, p.state_size,
+                   [&](int64_t pp, int64_t n, float v) { out[pp * p.state_size + n] = v; });
+  }
 }
 
 // ---- 4. chunk scan -------------------------------------------------------------------------------
@@ -1057,7 +1075,8 @@ Grids grids_of(const ScanParams& p) {
   g.cb = dim3(static_cast<unsigned>(p.num_chunks * groups_of(p)),
               static_cast<unsigned>(cdiv(p.chunk_size, kTcTile)),
               static_cast<unsigned>(cdiv(p.chunk_size, kTcTile)));
-  g.state = dim3(static_cast<unsigned>(chunk_heads), static_cast<unsigned>(cdiv(p.head_dim, kTcTile)),
+  g.state = dim3(static_cast<unsigned>(p.num_chunks * groups_of(p)),
+                 static_cast<unsigned>(cdiv(p.head_dim, kTcTile)),
                  static_cast<unsigned>(cdiv(p.state_size, kTcTile)));
   g.passing = dim3(static_cast<unsigned>(p.num_seqs * p.active_heads),
                    static_cast<unsigned>(cdiv(p.head_dim * p.state_size, kThreads * kPassElems)));
