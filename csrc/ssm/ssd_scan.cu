@@ -25,7 +25,8 @@
 //     S[p, n] = sum_t x[t, p] exp(cum_end - cum_t) dt_t B[t, n]; x and B are token-major,
 //     so both fragments come transposed, and the decay scales the x fragment in registers before
 //     it is rounded back to 16 bits (or split into tf32 parts).
-//  4. tc_chunk_scan_kernel, per (chunk, head, 64 channels, 64 tokens): y = exp(cum_t) C_t h_in
+//  4. tc_chunk_scan_kernel, per (chunk, group, 64 channels, 64 tokens), the group's heads in turn
+//     over C staged once (N <= 256): y = exp(cum_t) C_t h_in
 //     (the fp32 entering state rounded to 16 bits when staged, kept fp32 for fp32 activations)
 //     + sum_{s<=t} CB[t, s] exp(cum_t - cum_s) dt_s x_s, the decayed masked CB fragment built in
 //     registers from the workspace; each warp stops at its own last row (causal skip); then D x
@@ -476,18 +477,17 @@ __host__ __device__ __forceinline__ void warp_mma(const Warp& w, CF c_of, AF a_o
   const uint32_t* a = a_of(w.lane);
   const uint32_t* b = b_of(w.lane);
   if constexpr (std::is_same_v<T, float>) {
-    // small terms first: they are added while the accumulator is still near their size
-    const uint32_t* parts[3][2] = {{a + 4, b}, {a, b + 4}, {a, b}};
-SSD_UNROLL
-    for (int m = 0; m < 3; ++m) {
-      const uint32_t* pa = parts[m][0];
-      const uint32_t* pb = parts[m][1];
+    const auto mma = [&](const uint32_t* pa, const uint32_t* pb) {
       asm volatile(
           "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
           "{%8,%9}, {%0,%1,%2,%3};\n"
           : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
           : "r"(pa[0]), "r"(pa[1]), "r"(pa[2]), "r"(pa[3]), "r"(pb[0]), "r"(pb[1]));
-    }
+    };
+    // small terms first: they are added while the accumulator is still near their size
+    mma(a + 4, b);
+    mma(a, b + 4);
+    mma(a, b);
   } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
@@ -871,155 +871,171 @@ SSD_UNROLL
 
 // ---- 4. chunk scan -------------------------------------------------------------------------------
 
+// C of the block's 64 tokens stays in shared memory for all the group's heads when N <= 256 (every
+// Mamba-2 configuration we know); a larger N is restaged per head in two buffers.
+constexpr int kResidentStateTiles = 4;
+
 template <typename T>
 struct TcScanShared {
   float cum[kMaxChunk];
   float dt[kMaxChunk];
+  alignas(16) T c[kResidentStateTiles][kTcTile][kPitch<T>];  // C (t, n), 64 state entries a tile
   union {
-    struct {
-      alignas(16) T c[2][kTcTile][kPitch<T>];  // C (t, n) of the block's tokens, one state step
-      alignas(16) T h[2][kTcTile][kPitch<T>];  // entering state (p, n), rounded to T
-    } inter;
+    alignas(16) T h[2][kTcTile][kPitch<T>];  // entering state (p, n) of one state step
     alignas(16) T x[2][kTcTile][kPitch<T>];  // x (s, p) of one step of source tokens
   } u;
 };
 
-// Block (chunk * H' + head, p tile, t tile): warp w owns output rows t0 + 16w .. + 15, all 64
-// channels. Inter-chunk term C h_in^T (A = C via ldmatrix, B = the state staged (p, n)), scaled
-// by exp(cum_t); then the intra-chunk term: the A fragment is built in registers from the group's
-// C.B^T (fp32), decayed, masked to s <= t and rounded (or split); B = x, transposed.
+// Block (chunk * G + group, p tile, t tile), for every head of the group in turn: warp w owns
+// output rows t0 + 16w .. + 15, all 64 channels. Inter-chunk term C h_in^T (A = C via ldmatrix,
+// staged once per group; B = the head's entering state staged (p, n)), scaled by exp(cum_t); then
+// the intra-chunk term: the A fragment is built in registers from the group's C.B^T (fp32),
+// decayed with the head's cumsum, masked to s <= t and rounded (or split); B = x, transposed.
 // A warp stops its source steps at its own last row (the causal skip is per warp).
 template <typename T>
 __host__ __device__ __forceinline__ void tc_chunk_scan_block(const ScanParams& p,
                                                              const Block& blk,
                                                              TcScanShared<T>& sm) {
   constexpr int K = Mma<T>::kK, E = Mma<T>::kPerReg;
-  const ChunkInfo c = chunk_info(p, blk.x);
+  const int64_t groups = groups_of(p);
+  const int64_t chunk = blk.x / groups, group = blk.x % groups;
+  const int64_t length = p.chunk_table[2 * p.num_chunks + chunk];
   const int64_t p0 = blk.y * kTcTile, t0 = blk.z * kTcTile;
-  if (t0 >= c.length) return;
-  const int64_t rows_end = min64(c.length, t0 + kTcTile);
-  const float* cum = ws_cum(p, c.chunk, c.head);
-  const float* dt = ws_dt(p, c.chunk, c.head);
-  const float* h_in = ws_state(p, c.chunk, c.head);
-  const T* x = static_cast<const T*>(p.x) + c.batch * p.x_stride_b + c.token0 * p.x_stride_l +
-               c.head * p.x_stride_h;
-  const T* C = static_cast<const T*>(p.C) + c.batch * p.C_stride_b + c.token0 * p.C_stride_l +
-               c.group * p.C_stride_g;
-  PerWarp<WarpAcc> acc;
-  blk.phase([&](int t) {
-    for (int64_t i = t; i < rows_end; i += kThreads) {
-      sm.cum[i] = cum[i];
-      sm.dt[i] = dt[i];
-    }
-  });
-  warp_each(blk, [&](const Warp& w) { w.lanes([&](int l) { zero_acc(acc[w.id], l); }); });
-
-  pipeline(
-      blk, ceil_div_i(p.state_size, kTcTile),
-      [&](int t, int64_t step, int buf) {
-        const int64_t n0 = step * kTcTile;
-        stage_tile<T>(t, sm.u.inter.c[buf], C + t0 * p.C_stride_l + n0, p.C_stride_l,
-                      rows_end - t0, p.state_size - n0);
-        for (int e = t; e < kTcTile * kTcTile; e += kThreads) {
-          const int pp = e / kTcTile, col = e % kTcTile;
-          const int64_t n = n0 + col;
-          sm.u.inter.h[buf][pp][col] = from_float<T>(
-              p0 + pp < p.head_dim && n < p.state_size ? h_in[(p0 + pp) * p.state_size + n]
-                                                       : 0.0f);
-        }
-      },
-      [&](const Warp& w, int64_t step, int buf) {
-        if (t0 + 16 * w.id >= rows_end) return;
-SSD_UNROLL
-        for (int kk = 0; kk < kSteps<T>; ++kk) {
-          if (step * kTcTile + K * kk >= p.state_size) break;
-          Frag<T> a;
-          load_a<false, T>(w, sm.u.inter.c[buf], 16 * w.id, kk, a);
-          finish_frag<T>(w, a);
-          mma_row_tile<false, T>(w, acc[w.id], a, sm.u.inter.h[buf], kk);
-        }
-      });
-  warp_each(blk, [&](const Warp& w) {
-    w.lanes([&](int l) {
-SSD_UNROLL
-      for (int i = 0; i < 4; ++i) {
-        int row, col;
-        c_element(l, i, &row, &col);
-        const int64_t t = t0 + 16 * w.id + row;
-        const float scale = t < rows_end ? expf(sm.cum[t]) : 0.0f;
-SSD_UNROLL
-        for (int j = 0; j < kTcColTiles; ++j) acc[w.id][l][j][i] *= scale;
+  if (t0 >= length) return;
+  const int64_t rows_end = min64(length, t0 + kTcTile);
+  const int64_t batch = p.chunk_table[chunk], token0 = p.chunk_table[p.num_chunks + chunk];
+  const T* C = static_cast<const T*>(p.C) + batch * p.C_stride_b + (token0 + t0) * p.C_stride_l +
+               group * p.C_stride_g;
+  const int64_t state_steps = ceil_div_i(p.state_size, kTcTile);
+  const bool resident = state_steps <= kResidentStateTiles;
+  const float* cb = ws_cb(p, chunk, group);
+  const int64_t pitch = ssd_scan_cb_pitch(p.chunk_size);
+  for (int64_t i = 0; i < p.heads_per_group; ++i) {
+    const int64_t head = group * p.heads_per_group + i;
+    const float* cum = ws_cum(p, chunk, head);
+    const float* dt = ws_dt(p, chunk, head);
+    const float* h_in = ws_state(p, chunk, head);
+    const T* x = static_cast<const T*>(p.x) + batch * p.x_stride_b + token0 * p.x_stride_l +
+                 head * p.x_stride_h;
+    PerWarp<WarpAcc> acc;
+    if (i > 0) blk.phase([](int) {});  // the previous head's warps are done with cum and dt
+    blk.phase([&](int t) {
+      for (int64_t q = t; q < rows_end; q += kThreads) {
+        sm.cum[q] = cum[q];
+        sm.dt[q] = dt[q];
       }
     });
-  });
+    warp_each(blk, [&](const Warp& w) { w.lanes([&](int l) { zero_acc(acc[w.id], l); }); });
 
-  const float* cb = ws_cb(p, c.chunk, c.group);
-  const int64_t pitch = ssd_scan_cb_pitch(p.chunk_size);
-  if (p.state_size > 0)  // N = 0: C.B^T is empty (and never written)
+    const bool stage_c = !resident || i == 0;
     pipeline(
-        blk, ceil_div_i(rows_end, kTcTile),
+        blk, state_steps,
         [&](int t, int64_t step, int buf) {
-          const int64_t s0 = step * kTcTile;
-          stage_tile<T>(t, sm.u.x[buf], x + s0 * p.x_stride_l + p0, p.x_stride_l, c.length - s0,
-                        p.head_dim - p0);
+          const int64_t n0 = step * kTcTile;
+          if (stage_c)
+            stage_tile<T>(t, sm.c[resident ? step : buf], C + n0, p.C_stride_l, rows_end - t0,
+                          p.state_size - n0);
+          for (int e = t; e < kTcTile * kTcTile; e += kThreads) {
+            const int pp = e / kTcTile, col = e % kTcTile;
+            const int64_t n = n0 + col;
+            sm.u.h[buf][pp][col] = from_float<T>(
+                p0 + pp < p.head_dim && n < p.state_size ? h_in[(p0 + pp) * p.state_size + n]
+                                                         : 0.0f);
+          }
         },
         [&](const Warp& w, int64_t step, int buf) {
-          const int64_t r0 = t0 + 16 * w.id;
-          if (r0 >= rows_end) return;
-          const int64_t last = min64(r0 + 15, rows_end - 1), s0 = step * kTcTile;
+          if (t0 + 16 * w.id >= rows_end) return;
+          TileRows<T> c_tile = sm.c[resident ? step : buf];
 SSD_UNROLL
           for (int kk = 0; kk < kSteps<T>; ++kk) {
-            if (s0 + K * kk > last) break;
+            if (step * kTcTile + K * kk >= p.state_size) break;
             Frag<T> a;
-            w.lanes([&](int l) {
-SSD_UNROLL
-              for (int reg = 0; reg < 4; ++reg) {
-                int row, k;
-                a_element<T>(l, reg, 0, &row, &k);
-                const int64_t t = r0 + row, s = s0 + K * kk + k;
-                float v[2] = {0.0f, 0.0f};
-                if (t < rows_end && s <= t) {  // 16 bits: s + 1 <= pitch - 1, the pair is in the row
-                  const float* pair = cb + t * pitch + s;
-                  float cbv[2];
-                  if constexpr (E == 2) {
-#ifdef __CUDA_ARCH__
-                    const float2 two = *reinterpret_cast<const float2*>(pair);
-                    cbv[0] = two.x;
-                    cbv[1] = two.y;
-#else
-                    cbv[0] = pair[0];
-                    cbv[1] = pair[1];
-#endif
-                  } else {
-                    cbv[0] = pair[0];
-                  }
-                  const float ct = sm.cum[t];
-SSD_UNROLL
-                  for (int h = 0; h < E; ++h)
-                    if (s + h <= t) v[h] = cbv[h] * expf(ct - sm.cum[s + h]) * sm.dt[s + h];
-                }
-                set_reg<T>(a[l], reg, v);
-              }
-            });
-            mma_row_tile<true, T>(w, acc[w.id], a, sm.u.x[buf], kk);
+            load_a<false, T>(w, c_tile, 16 * w.id, kk, a);
+            finish_frag<T>(w, a);
+            mma_row_tile<false, T>(w, acc[w.id], a, sm.u.h[buf], kk);
           }
         });
+    warp_each(blk, [&](const Warp& w) {
+      w.lanes([&](int l) {
+SSD_UNROLL
+        for (int r = 0; r < 4; ++r) {
+          int row, col;
+          c_element(l, r, &row, &col);
+          const int64_t t = t0 + 16 * w.id + row;
+          const float scale = t < rows_end ? expf(sm.cum[t]) : 0.0f;
+SSD_UNROLL
+          for (int j = 0; j < kTcColTiles; ++j) acc[w.id][l][j][r] *= scale;
+        }
+      });
+    });
 
-  const T* z = p.z == nullptr ? nullptr
-                              : static_cast<const T*>(p.z) + c.batch * p.z_stride_b +
-                                    c.token0 * p.z_stride_l + c.head * p.z_stride_h;
-  T* y = static_cast<T*>(p.y) + c.batch * p.y_stride_b + c.token0 * p.y_stride_l +
-         c.head * p.y_stride_h;
-  store_acc_tile(blk, acc, t0, p0, rows_end, p.head_dim, [&](int64_t t, int64_t pp, float out) {
-    if (p.D != nullptr)
-      out += load_float(p.D, p.D_type, c.parent_head * p.D_stride_h + pp * p.D_stride_p) *
-             to_float(x[t * p.x_stride_l + pp]);
-    if (z != nullptr) {
-      const float g = to_float(z[t * p.z_stride_l + pp]);
-      out *= g / (1.0f + expf(-g));
-    }
-    y[t * p.y_stride_l + pp] = from_float<T>(out);
-  });
+    if (p.state_size > 0)  // N = 0: C.B^T is empty (and never written)
+      pipeline(
+          blk, ceil_div_i(rows_end, kTcTile),
+          [&](int t, int64_t step, int buf) {
+            const int64_t s0 = step * kTcTile;
+            stage_tile<T>(t, sm.u.x[buf], x + s0 * p.x_stride_l + p0, p.x_stride_l,
+                          length - s0, p.head_dim - p0);
+          },
+          [&](const Warp& w, int64_t step, int buf) {
+            const int64_t r0 = t0 + 16 * w.id;
+            if (r0 >= rows_end) return;
+            const int64_t last = min64(r0 + 15, rows_end - 1), s0 = step * kTcTile;
+SSD_UNROLL
+            for (int kk = 0; kk < kSteps<T>; ++kk) {
+              if (s0 + K * kk > last) break;
+              Frag<T> a;
+              w.lanes([&](int l) {
+SSD_UNROLL
+                for (int reg = 0; reg < 4; ++reg) {
+                  int row, k;
+                  a_element<T>(l, reg, 0, &row, &k);
+                  const int64_t t = r0 + row, s = s0 + K * kk + k;
+                  float v[2] = {0.0f, 0.0f};
+                  if (t < rows_end && s <= t) {  // 16 bits: s + 1 <= pitch - 1, the pair is in the row
+                    const float* pair = cb + t * pitch + s;
+                    float cbv[2];
+                    if constexpr (E == 2) {
+#ifdef __CUDA_ARCH__
+                      const float2 two = *reinterpret_cast<const float2*>(pair);
+                      cbv[0] = two.x;
+                      cbv[1] = two.y;
+#else
+                      cbv[0] = pair[0];
+                      cbv[1] = pair[1];
+#endif
+                    } else {
+                      cbv[0] = pair[0];
+                    }
+                    const float ct = sm.cum[t];
+SSD_UNROLL
+                    for (int h = 0; h < E; ++h)
+                      if (s + h <= t) v[h] = cbv[h] * expf(ct - sm.cum[s + h]) * sm.dt[s + h];
+                  }
+                  set_reg<T>(a[l], reg, v);
+                }
+              });
+              mma_row_tile<true, T>(w, acc[w.id], a, sm.u.x[buf], kk);
+            }
+          });
+
+    const T* z = p.z == nullptr ? nullptr
+                                : static_cast<const T*>(p.z) + batch * p.z_stride_b +
+                                      token0 * p.z_stride_l + head * p.z_stride_h;
+    T* y = static_cast<T*>(p.y) + batch * p.y_stride_b + token0 * p.y_stride_l +
+           head * p.y_stride_h;
+    const int64_t parent_head = group * p.parent_heads_per_group + i;
+    store_acc_tile(blk, acc, t0, p0, rows_end, p.head_dim, [&](int64_t t, int64_t pp, float out) {
+      if (p.D != nullptr)
+        out += load_float(p.D, p.D_type, parent_head * p.D_stride_h + pp * p.D_stride_p) *
+               to_float(x[t * p.x_stride_l + pp]);
+      if (z != nullptr) {
+        const float g = to_float(z[t * p.z_stride_l + pp]);
+        out *= g / (1.0f + expf(-g));
+      }
+      y[t * p.y_stride_l + pp] = from_float<T>(out);
+    });
+  }
 }
 
 // ---- device entry points -------------------------------------------------------------------------
@@ -1053,8 +1069,10 @@ __global__ void __launch_bounds__(kThreads) tc_chunk_state_kernel(const ScanPara
   tc_chunk_state_block<T>(p, this_block(), dynamic_shared<TcStateShared<T>>());
 }
 
+// At least 2 blocks per SM as the register target: left to itself ptxas caps the fp32 head loop at
+// 128-168 registers and spills 8 bytes (186 without a spill; the 16-bit ones use 158).
 template <typename T>
-__global__ void __launch_bounds__(kThreads) tc_chunk_scan_kernel(const ScanParams p) {
+__global__ void __launch_bounds__(kThreads, 2) tc_chunk_scan_kernel(const ScanParams p) {
   tc_chunk_scan_block<T>(p, this_block(), dynamic_shared<TcScanShared<T>>());
 }
 
@@ -1080,7 +1098,8 @@ Grids grids_of(const ScanParams& p) {
                  static_cast<unsigned>(cdiv(p.state_size, kTcTile)));
   g.passing = dim3(static_cast<unsigned>(p.num_seqs * p.active_heads),
                    static_cast<unsigned>(cdiv(p.head_dim * p.state_size, kThreads * kPassElems)));
-  g.scan = dim3(static_cast<unsigned>(chunk_heads), static_cast<unsigned>(cdiv(p.head_dim, kTcTile)),
+  g.scan = dim3(static_cast<unsigned>(p.num_chunks * groups_of(p)),
+                static_cast<unsigned>(cdiv(p.head_dim, kTcTile)),
                 static_cast<unsigned>(cdiv(p.chunk_size, kTcTile)));
   return g;
 }

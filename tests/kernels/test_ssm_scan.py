@@ -562,6 +562,28 @@ def test_tensor_core_code_on_cpu_varlen_strided(dtype):
 
 
 @needs_host_op
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("Np", [256, 300])
+def test_tensor_core_code_on_cpu_state_larger_than_the_resident_c(dtype, Np):
+    """The chunk scan keeps C of its tokens in shared memory for all heads of the group up to
+    N = 256 (four 64-entry tiles) and restages it per head above; both, with two heads per group
+    (the second head reads the C the first staged)."""
+    Hb, Gb, Pp, k, p = 4, 2, 16, 2, 16
+    a = scan_inputs(1, 90, Hb, Pp, Gb, Np, seed=33, dtype=dtype)
+    x, z = a["x"].contiguous(), a["z"].contiguous()
+    kw = dict(D=a["D2"], z=z, dt_bias=a["dt_bias"], dt_softplus=True, initial_states=a["init"])
+    y, final = host_scan(x, a["dt"] * 0.3, a["A"], a["B"], a["C"], chunk_size=64, k=k, p=p, **kw)
+    want_y, want_final = sequential_scan(x, a["dt"] * 0.3, a["A"], a["B"], a["C"],
+                                         heads_per_group=k, **kw)
+    if dtype == torch.float32:
+        torch.testing.assert_close(y.double(), want_y, atol=2e-5, rtol=2e-5)
+        torch.testing.assert_close(final.double(), want_final, atol=2e-5, rtol=2e-5)
+    else:
+        assert_relative(y, want_y, TC_REL[dtype], "y")
+        assert_relative(final, want_final, TC_REL[dtype], "final states")
+
+
+@needs_host_op
 def test_cuda_code_on_cpu_through_the_op_directly():
     """The private op's own argument checks (the raw-pointer contract)."""
     a = scan_inputs(1, 4, H, P, G, N, seed=26)
