@@ -17,11 +17,11 @@ public op runs the torch reference on CPU tensors).
 
 Backward: the triton backend has its own chunked Triton backward
 (``star_elastic_kernels/triton/ssd_scan_bwd.py``: the forward's entering states recomputed, a
-reverse state-gradient pass, one kernel per (chunk, head) for every input's gradient); the cuda
-backend uses the same Triton backward (it needs only the saved inputs). The torch
-backend differentiates the reference recurrence with PyTorch autograd, recomputed in the backward
-pass: exact but sequential in the sequence length, and it keeps one state per token alive, so it
-is for tests and small shapes.
+reverse state-gradient pass, then per-chunk kernels for the channel-local, the B/C and the
+dt/A gradients); the cuda backend uses the same Triton backward (it needs only the saved
+inputs). The torch backend differentiates the reference recurrence with PyTorch autograd,
+recomputed in the backward pass: exact but sequential in the sequence length, and it keeps one
+state per token alive, so it is for tests and small shapes.
 """
 
 from __future__ import annotations

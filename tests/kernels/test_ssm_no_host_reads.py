@@ -153,7 +153,8 @@ def test_ssd_scan_packed_runs_on_fake_cuda_tensors(private_ops, triton_launches,
         # the forward ran its fake impl; the backward (Triton for both backends) launched these
         assert names == {"_chunk_cumsum_kernel", "_chunk_state_kernel", "_state_passing_kernel",
                          "_output_state_grad_kernel", "_state_passing_bwd_kernel",
-                         "_chunk_bwd_local_kernel", "_chunk_bwd_shared_kernel"}
+                         "_chunk_bwd_local_kernel", "_chunk_bwd_shared_kernel",
+                         "_decay_grad_kernel"}
 
 
 def pretend_cuda_backend_available(monkeypatch):

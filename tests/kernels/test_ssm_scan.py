@@ -227,15 +227,15 @@ def test_gradients_of_every_backend_match_autograd_through_the_oracle(backend, d
                                    rtol=1e-3, msg=lambda m: f"grad of {name}: {m}")
 
 
-def _scan_grads(backend, device, b, l, k, p, cu, chunk, gate, D_shape, seed=18):
+def _scan_grads(backend, device, b, l, k, p, cu, chunk, gate, D_shape, n=N, seed=18):
     """Gradients of a weighted sum of y and the final states; D_shape's P may exceed the module's
-    P (x only needs p <= D's P)."""
+    P (x only needs p <= D's P); ``n`` is the state size."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     seqs = b if cu is None else len(cu) - 1
-    t = dict(x=r(b, l, G * k, p), dt=r(b, l, G * k) * 0.5, A=-torch.rand(H, generator=g) - 0.2, B=r(b, l, G, N),
-             C=r(b, l, G, N), D=r(*D_shape), z=r(b, l, G * k, p) if gate else None, dt_bias=r(H) * 0.3,
-             init=r(seqs, G * k, p, N))
+    t = dict(x=r(b, l, G * k, p), dt=r(b, l, G * k) * 0.5, A=-torch.rand(H, generator=g) - 0.2, B=r(b, l, G, n),
+             C=r(b, l, G, n), D=r(*D_shape), z=r(b, l, G * k, p) if gate else None, dt_bias=r(H) * 0.3,
+             init=r(seqs, G * k, p, n))
     leaves = {n: v.to(device).requires_grad_() for n, v in t.items() if v is not None}
     y, final = sek.ssd_scan(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], chunk_size=chunk,
                             D=leaves["D"], z=leaves.get("z"), dt_bias=leaves["dt_bias"], dt_softplus=True,
@@ -255,7 +255,9 @@ def _scan_grads(backend, device, b, l, k, p, cu, chunk, gate, D_shape, seed=18):
     dict(b=1, l=9, k=4, p=6, cu=None, chunk=16, gate=False, D_shape=(H,)),
     dict(b=1, l=6, k=1, p=40, cu=None, chunk=4, gate=True, D_shape=(H, 40)),
     dict(b=1, l=70, k=1, p=70, cu=torch.tensor([0, 66, 70]), chunk=256, gate=True, D_shape=(H, 70)),
-], ids=["batched-clamped", "varlen-empty-seq", "one-chunk-no-gate", "wide-head", "long-chunks-channel-blocks"])
+    dict(b=1, l=67, k=1, p=18, cu=None, chunk=64, gate=True, D_shape=(H, 18), n=80),
+], ids=["batched-clamped", "varlen-empty-seq", "one-chunk-no-gate", "wide-head", "long-chunks-channel-blocks",
+        "state-blocks"])
 def test_triton_backward_matches_reference_autograd(device, case):
     """The Triton backward kernels against autograd through the reference recurrence (itself
     checked against gradcheck and the float64 oracle above); dt_limit clamps some steps."""
