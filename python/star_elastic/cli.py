@@ -386,7 +386,9 @@ def train_command(args) -> int:
         if train_config.depth:  # rank the layers (normalised-MSE) on the first training sequences
             from .importance import rank_layers
 
-            layer_order = rank_layers(teacher, [tokens[i:i + 16] for i in range(0, min(64, len(tokens)), 16)])
+            starts = range(0, min(64, len(tokens)), 16)
+            layer_order = rank_layers(teacher, [tokens[i:i + 16] for i in starts],
+                                      masks=[mask[i:i + 16] for i in starts])
         router = ElasticRouter(student.config, train_config.budget_names,
                                train_config.budget_targets, cost=train_config.cost,
                                heterogeneous=train_config.heterogeneous, layer_order=layer_order,

@@ -192,8 +192,10 @@ def rank_and_permute(parent: ElasticModel, task: Task) -> tuple[list[int], float
     """Importance on a calibration batch of training problems, then the permutation; returns the
     layer order (most important first) and the permuted parent's largest logit change."""
     calibration = [task.tokens[i:i + 16] for i in range(0, 64, 16)]
+    # the calibration problems are padded to the longest training sequence: score real tokens only
+    calibration_masks = [task.mask[i:i + 16] for i in range(0, 64, 16)]
     probe = parent(task.tokens[:8])
-    importance = estimate_importance(parent, calibration)
+    importance = estimate_importance(parent, calibration, masks=calibration_masks)
     permute_(parent, importance)
     return importance.layer_order, float((parent(task.tokens[:8]) - probe).abs().max())
 

@@ -66,22 +66,29 @@ class _Accumulator:
         self.model = model
         self.hidden = torch.zeros(model.config.hidden_size, dtype=torch.float64)
         self.sums: dict[tuple[int, str], torch.Tensor] = {}
+        self.valid: torch.Tensor | None = None  # (b, l) 1 at the current batch's real tokens
 
     def add(self, key, value: torch.Tensor):
         value = value.detach().double().cpu()
         self.sums[key] = self.sums[key] + value if key in self.sums else value
 
+    def _at_tokens(self, values: torch.Tensor) -> torch.Tensor:
+        """values (b, l, ...) with the padded positions zeroed (sums then count real tokens only)."""
+        if self.valid is None:
+            return values
+        return values * self.valid.to(values.dtype).view(*self.valid.shape, *[1] * (values.dim() - 2))
+
     def __call__(self, layer_index: int, site: str, tensor: torch.Tensor):
         if site == "norm":
-            self.hidden += tensor.detach().abs().sum(dim=(0, 1)).double().cpu()
+            self.hidden += self._at_tokens(tensor.detach().abs()).sum(dim=(0, 1)).double().cpu()
         elif site == "mlp_neurons":
-            self.add((layer_index, site), tensor.abs().sum(dim=(0, 1)))
-        elif site == "mamba_x":
-            self.add((layer_index, site), tensor.float().pow(2).sum(dim=(0, 1)))  # (H, P) sums of squares
-        elif site == "attention_heads":
-            self.add((layer_index, site), tensor.float().pow(2).sum(dim=(0, 1, 3)))  # (Hq,)
-        elif site == "moe_tokens":
-            self._moe(layer_index, tensor)
+            self.add((layer_index, site), self._at_tokens(tensor.abs()).sum(dim=(0, 1)))
+        elif site == "mamba_x":  # (H, P) sums of squares
+            self.add((layer_index, site), self._at_tokens(tensor.float().pow(2)).sum(dim=(0, 1)))
+        elif site == "attention_heads":  # (Hq,)
+            self.add((layer_index, site), self._at_tokens(tensor.float().pow(2)).sum(dim=(0, 1, 3)))
+        elif site == "moe_tokens":  # (b * l, d): only the real tokens are routed
+            self._moe(layer_index, tensor if self.valid is None else tensor[self.valid.flatten()])
 
     def _moe(self, layer_index: int, tokens: torch.Tensor):
         mixer = self.model.layers[layer_index].mixer
@@ -111,9 +118,14 @@ class _Accumulator:
 
 
 @torch.no_grad()
-def estimate_importance(model: ElasticModel, batches: Iterable[torch.Tensor], *, rank_depth: bool = True,
+def estimate_importance(model: ElasticModel, batches: Iterable[torch.Tensor], *,
+                        masks: Iterable[torch.Tensor] | None = None, rank_depth: bool = True,
                         mamba_head_channels: int | str = "smallest") -> Importance:
     """Scores every elastic axis of ``model`` (at full width) on ``batches`` of input ids (b, l).
+
+    ``masks``: one (b, l) bool tensor per batch, True at the real tokens: padded positions then
+    count in no score (their activations are whatever the model makes of padding, and on short
+    samples they can outnumber the real tokens). None: every position counts.
 
     ``mamba_head_channels``: how many top-ranked head channels score the Mamba heads (the D_top
     of the paper's eq. 4): ``"smallest"`` (default) the smallest head_dim the router can choose
@@ -134,10 +146,12 @@ def estimate_importance(model: ElasticModel, batches: Iterable[torch.Tensor], *,
     batches = list(batches)
     if not batches:
         raise ValueError("estimate_importance needs at least one calibration batch")
+    masks = _check_masks(batches, masks)
     was_training = model.training
     model.eval()
     accumulator = _Accumulator(model)
-    for input_ids in batches:
+    for input_ids, valid in zip(batches, masks):
+        accumulator.valid = valid
         model(input_ids, observer=accumulator)
     sums = accumulator.sums
     importance = Importance(hidden=accumulator.hidden.float())
@@ -159,21 +173,48 @@ def estimate_importance(model: ElasticModel, batches: Iterable[torch.Tensor], *,
             if mixer.shared_experts is not None:
                 importance.moe_shared_neurons[index] = sums[(index, "shared_neurons")].float()
     if rank_depth:
-        importance.layer_order = rank_layers(model, batches)
+        importance.layer_order = rank_layers(model, batches, masks=None if masks[0] is None else masks)
     model.train(was_training)
     return importance
 
 
+def _check_masks(batches: list[torch.Tensor], masks) -> list[torch.Tensor | None]:
+    """``masks`` as one bool (b, l) tensor per batch (None entries: no mask), checked."""
+    if masks is None:
+        return [None] * len(batches)
+    masks = list(masks)
+    if len(masks) != len(batches):
+        raise ValueError(f"masks: {len(masks)} masks for {len(batches)} batches (one per batch)")
+    for i, (ids, mask) in enumerate(zip(batches, masks)):
+        if not isinstance(mask, torch.Tensor) or mask.shape != ids.shape[:2]:
+            shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(f"masks[{i}] must be a tensor of the batch's shape {tuple(ids.shape[:2])}, "
+                             f"not {shape}")
+    return [mask.bool() for mask in masks]
+
+
 @torch.no_grad()
-def rank_layers(model: ElasticModel, batches: list[torch.Tensor]) -> list[int]:
-    """Layer indices, most important first, by iterative normalised-MSE removal on the logits."""
+def rank_layers(model: ElasticModel, batches: list[torch.Tensor], *,
+                masks: list[torch.Tensor] | None = None) -> list[int]:
+    """Layer indices, most important first, by iterative normalised-MSE removal on the logits.
+
+    ``batches``: input ids (b, l) each; ``masks``: one (b, l) bool tensor per batch, True at the
+    real tokens (None: every position counts). The error and the logits' energy are summed over
+    the real tokens only: the logits at padding would otherwise rank the layers too."""
+    masks = _check_masks(list(batches), masks)
+
+    def squares(logits: torch.Tensor, valid: torch.Tensor | None) -> float:
+        per_token = logits.double().pow(2).sum(-1)
+        return float(per_token.sum() if valid is None else per_token[valid].sum())
+
     full = [model(input_ids) for input_ids in batches]
-    energy = sum(float(logits.double().pow(2).sum()) for logits in full)
+    energy = sum(squares(logits, valid) for logits, valid in zip(full, masks))
     remaining, removed = list(range(model.config.num_layers)), []
     while len(remaining) > 1:
         def removal_cost(candidate: int) -> float:
             budget = Budget(skip_layers=frozenset(removed + [candidate]))
-            error = sum(float((model(ids, budget) - ref).double().pow(2).sum()) for ids, ref in zip(batches, full))
+            error = sum(squares(model(ids, budget) - ref, valid)
+                        for ids, ref, valid in zip(batches, full, masks))
             return error / energy
 
         cheapest = min(remaining, key=removal_cost)

@@ -6,7 +6,7 @@ import torch
 from transformers import NemotronHForCausalLM
 
 from star_elastic.budget import Budget
-from star_elastic.importance import estimate_importance, permute_
+from star_elastic.importance import estimate_importance, permute_, rank_layers
 
 from .helpers import input_ids, tiny_model
 
@@ -123,3 +123,44 @@ def test_planted_dead_components_rank_last_and_layers_by_logit_mse():
     assert sorted(importance.layer_order) == list(range(5))
     budget = importance.depth_budget(3)
     assert isinstance(budget, Budget) and 4 in budget.skip_layers and len(budget.skip_layers) == 2
+
+
+def _fields(importance):
+    """Every score of an Importance as a flat dict of tensors (for comparing two estimates)."""
+    out = {"hidden": importance.hidden}
+    for name in ("mlp_neurons", "mamba_channels", "mamba_heads", "attention_heads", "moe_experts",
+                 "moe_expert_neurons", "moe_shared_neurons"):
+        for layer, scores in getattr(importance, name).items():
+            out[f"{name}[{layer}]"] = scores
+    return out
+
+
+def test_padded_positions_count_in_no_score_when_masked():
+    """Right padding (what a batch of samples of different lengths gets) must not rank anything:
+    with the real-token masks the scores and the layer order are those of the unpadded prefixes
+    (the model is causal, so the real tokens do not see the padding), whatever the padding holds;
+    without masks the padding's activations change the scores."""
+    model = tiny_model(seed=16)
+    real = 6
+    prefixes = [input_ids(2, real, seed=s) for s in (20, 21)]
+    padded = [torch.cat([ids, input_ids(2, 10, seed=30 + i)], dim=1) for i, ids in enumerate(prefixes)]
+    masks = [torch.arange(16).expand(2, 16) < real for _ in padded]
+    want = estimate_importance(model, prefixes)
+    got = estimate_importance(model, padded, masks=masks)
+    want_fields, got_fields = _fields(want), _fields(got)
+    assert want_fields.keys() == got_fields.keys() and len(want_fields) > 5
+    for name in want_fields:
+        torch.testing.assert_close(got_fields[name], want_fields[name], rtol=1e-5, atol=1e-5,
+                                   msg=lambda m: f"{name}: {m}")
+    assert got.layer_order == want.layer_order == rank_layers(model, padded, masks=masks)
+    unmasked = _fields(estimate_importance(model, padded, rank_depth=False))
+    assert any(not torch.allclose(unmasked[name], want_fields[name], rtol=1e-3)
+               for name in want_fields)
+
+
+def test_bad_masks_are_refused_naming_the_argument():
+    model = tiny_model(seed=16)
+    with pytest.raises(ValueError, match="masks: 1 masks for 2 batches"):
+        estimate_importance(model, BATCHES, masks=[torch.ones(2, 8, dtype=torch.bool)])
+    with pytest.raises(ValueError, match=r"masks\[1\] must be a tensor of the batch's shape \(2, 8\)"):
+        rank_layers(model, BATCHES, masks=[torch.ones(2, 8), torch.ones(2, 7)])
