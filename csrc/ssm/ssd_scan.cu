@@ -104,7 +104,7 @@ struct ChunkInfo {
   int64_t chunk, head, group, parent_head, batch, token0, length;
 };
 
-// Block x of kernels 1, 2 and 4 is chunk * H' + head.
+// Block x of kernel 1 is chunk * H' + head (kernels 2 and 4 loop over the heads of a group).
 __host__ __device__ __forceinline__ ChunkInfo chunk_info(const ScanParams& p, int64_t block_x) {
   ChunkInfo c;
   c.chunk = block_x / p.active_heads;
