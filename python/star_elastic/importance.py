@@ -151,7 +151,7 @@ def estimate_importance(model: ElasticModel, batches: Iterable[torch.Tensor], *,
     model.eval()
     accumulator = _Accumulator(model)
     for input_ids, valid in zip(batches, masks):
-        accumulator.valid = valid
+        accumulator.valid = None if valid is None else valid.to(input_ids.device)
         model(input_ids, observer=accumulator)
     sums = accumulator.sums
     importance = Importance(hidden=accumulator.hidden.float())
@@ -205,7 +205,7 @@ def rank_layers(model: ElasticModel, batches: list[torch.Tensor], *,
 
     def squares(logits: torch.Tensor, valid: torch.Tensor | None) -> float:
         per_token = logits.double().pow(2).sum(-1)
-        return float(per_token.sum() if valid is None else per_token[valid].sum())
+        return float(per_token.sum() if valid is None else per_token[valid.to(per_token.device)].sum())
 
     full = [model(input_ids) for input_ids in batches]
     energy = sum(squares(logits, valid) for logits, valid in zip(full, masks))
