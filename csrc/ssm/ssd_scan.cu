@@ -104,7 +104,7 @@ struct ChunkInfo {
   int64_t chunk, head, group, parent_head, batch, token0, length;
 };
 
-// Block x of kernel 1 is chunk * H' + head (kernels 2 and 4 loop over the heads of a group).
+// Block x of kernel 1 is chunk * H' + head (the tensor-core kernels: group_chunk).
 __host__ __device__ __forceinline__ ChunkInfo chunk_info(const ScanParams& p, int64_t block_x) {
   ChunkInfo c;
   c.chunk = block_x / p.active_heads;
@@ -719,6 +719,21 @@ __host__ __device__ __forceinline__ int64_t groups_of(const ScanParams& p) {
   return p.active_heads / p.heads_per_group;
 }
 
+// Block x of the tensor-core kernels is chunk * G + group (the twin of chunk_info for kernel 1).
+struct GroupChunk {
+  int64_t chunk, group, batch, token0, length;
+};
+
+__host__ __device__ __forceinline__ GroupChunk group_chunk(const ScanParams& p, int64_t block_x) {
+  GroupChunk g;
+  g.chunk = block_x / groups_of(p);
+  g.group = block_x % groups_of(p);
+  g.batch = p.chunk_table[g.chunk];
+  g.token0 = p.chunk_table[p.num_chunks + g.chunk];
+  g.length = p.chunk_table[2 * p.num_chunks + g.chunk];
+  return g;
+}
+
 __host__ __device__ __forceinline__ float* ws_cb(const ScanParams& p, int64_t chunk,
                                                  int64_t group) {
   const int64_t pitch = ssd_scan_cb_pitch(p.chunk_size);
@@ -741,12 +756,11 @@ template <typename T>
 __host__ __device__ __forceinline__ void chunk_cb_block(const ScanParams& p, const Block& blk,
                                                         CbShared<T>& sm) {
   constexpr int K = Mma<T>::kK;
-  const int64_t groups = groups_of(p);
-  const int64_t chunk = blk.x / groups, group = blk.x % groups;
-  const int64_t length = p.chunk_table[2 * p.num_chunks + chunk];
+  const GroupChunk g = group_chunk(p, blk.x);
+  const int64_t chunk = g.chunk, group = g.group, batch = g.batch, token0 = g.token0,
+                length = g.length;
   const int64_t t0 = blk.y * kTcTile, s0 = blk.z * kTcTile;
   if (blk.z > blk.y || t0 >= length) return;
-  const int64_t batch = p.chunk_table[chunk], token0 = p.chunk_table[p.num_chunks + chunk];
   const T* C = static_cast<const T*>(p.C) + batch * p.C_stride_b + token0 * p.C_stride_l +
                group * p.C_stride_g;
   const T* B = static_cast<const T*>(p.B) + batch * p.B_stride_b + token0 * p.B_stride_l +
@@ -802,12 +816,11 @@ __host__ __device__ __forceinline__ void tc_chunk_state_block(const ScanParams& 
                                                               const Block& blk,
                                                               TcStateShared<T>& sm) {
   constexpr int K = Mma<T>::kK, E = Mma<T>::kPerReg;
-  const int64_t groups = groups_of(p);
-  const int64_t chunk = blk.x / groups, group = blk.x % groups;
-  const int64_t length = p.chunk_table[2 * p.num_chunks + chunk];
+  const GroupChunk g = group_chunk(p, blk.x);
+  const int64_t chunk = g.chunk, group = g.group, batch = g.batch, token0 = g.token0,
+                length = g.length;
   if (length == 0) return;  // a padding chunk (packed inputs): the whole block leaves
   const int64_t p0 = blk.y * kTcTile, n0 = blk.z * kTcTile;
-  const int64_t batch = p.chunk_table[chunk], token0 = p.chunk_table[p.num_chunks + chunk];
   const int64_t steps = ceil_div_i(length, kTcTile);
   const T* B = static_cast<const T*>(p.B) + batch * p.B_stride_b + token0 * p.B_stride_l +
                group * p.B_stride_g + n0;
@@ -897,13 +910,12 @@ __host__ __device__ __forceinline__ void tc_chunk_scan_block(const ScanParams& p
                                                              const Block& blk,
                                                              TcScanShared<T>& sm) {
   constexpr int K = Mma<T>::kK, E = Mma<T>::kPerReg;
-  const int64_t groups = groups_of(p);
-  const int64_t chunk = blk.x / groups, group = blk.x % groups;
-  const int64_t length = p.chunk_table[2 * p.num_chunks + chunk];
+  const GroupChunk g = group_chunk(p, blk.x);
+  const int64_t chunk = g.chunk, group = g.group, batch = g.batch, token0 = g.token0,
+                length = g.length;
   const int64_t p0 = blk.y * kTcTile, t0 = blk.z * kTcTile;
   if (t0 >= length) return;
   const int64_t rows_end = min64(length, t0 + kTcTile);
-  const int64_t batch = p.chunk_table[chunk], token0 = p.chunk_table[p.num_chunks + chunk];
   const T* C = static_cast<const T*>(p.C) + batch * p.C_stride_b + (token0 + t0) * p.C_stride_l +
                group * p.C_stride_g;
   const int64_t state_steps = ceil_div_i(p.state_size, kTcTile);
