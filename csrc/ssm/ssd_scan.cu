@@ -11,8 +11,8 @@
 // Kernels (128 threads each; 64-bit offsets throughout):
 //  1. cumsum_kernel, one block per (chunk, head): processed dt and the inclusive cumsum of dt*A over
 //     the chunk (segmented: per-thread runs, then the run totals), to the workspace.
-//  3. state_passing_kernel, per (sequence, head, 512 state entries): walks the sequence's chunks,
-//     replacing each chunk's own state by the state entering it and writing the final state.
+//  3b. empty_sequence_kernel, per (sequence, head, 512 state entries): the final state of a
+//     sequence without chunks (its initial state, or zero).
 // The matmuls run on tensor cores: mma.sync m16n8k16 for fp16/bf16 activations, m16n8k8 on tf32 in
 // three parts for fp32 ones (3xTF32, fp32-accurate), fp32 accumulation, operands through ldmatrix
 // (or value by value for transposed fp32 tiles) from shared-memory tiles of 64 x 64 staged by
@@ -24,7 +24,11 @@
 //     in turn over B staged once: the chunk's own state of each head
 //     S[p, n] = sum_t x[t, p] exp(cum_end - cum_t) dt_t B[t, n]; x and B are token-major,
 //     so both fragments come transposed, and the decay scales the x fragment in registers before
-//     it is rounded back to 16 bits (or split into tf32 parts).
+//     it is rounded back to 16 bits (or split into tf32 parts). Fused with the state passing
+//     (section 3): S stays in registers, the block waits for the state entering its chunk,
+//     published by the previous chunk's block, and publishes exp(cum_end) h_in + S for the next
+//     chunk (the final state after a sequence's last chunk). Its blocks take tickets, chunk-major,
+//     so a block waits only for blocks that have started.
 //  4. tc_chunk_scan_kernel, per (chunk, group, 64 channels, 64 tokens), the group's heads in turn
 //     over C staged once (N <= 256): y = exp(cum_t) C_t h_in
 //     (the fp32 entering state rounded to 16 bits when staged, kept fp32 for fp32 activations)
@@ -43,6 +47,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
 #include <memory>
 #include <type_traits>
 
@@ -50,7 +55,7 @@ namespace star_elastic::ssm {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int kPassElems = 4;  // state entries per thread (3)
+constexpr int kFinalElems = 4;  // state entries per thread (3b)
 constexpr int64_t kMaxChunk = kScanMaxChunk;
 
 // Unrolling hints for the device compiler only (the host compiler would warn about the pragma).
@@ -184,43 +189,136 @@ __host__ __device__ __forceinline__ void cumsum_block(const ScanParams& p, const
   });
 }
 
-// ---- 3. state passing ----------------------------------------------------------------------------
+// ---- 3. the state chain between the chunk-state blocks --------------------------------------------
+//
+// The state entering chunk c + 1 is exp(total_c) h_c + S_c, S_c the chunk's own contribution. The
+// chunk-state block of (chunk c, head, tile) keeps S_c in registers, waits until the block of chunk
+// c - 1 has published h_c (global memory, then its flag), writes h_{c+1} and publishes it in turn;
+// the first chunk of a sequence starts from the initial state, the last writes the final state.
+// Only the entering states travel through global memory (once written, once read by the next
+// block from L2, once by the chunk scan); the chunks' own states never leave the chip.
+//
+// Forward progress without relying on the order in which the hardware starts blocks: every block
+// first takes a ticket (an atomic counter the launch zeroes) and works on the tile the ticket
+// names, tickets chunk-major. A block only ever waits for a smaller ticket, whose block has started
+// (it took that ticket) and itself waits only for smaller ones, so the smallest unfinished ticket
+// always runs to its end. On the host the blocks run in ticket order and a wait is already met.
 
-__host__ __device__ __forceinline__ void state_passing_block(const ScanParams& p,
-                                                             const Block& blk) {
+__host__ __device__ __forceinline__ unsigned* chain_words(const ScanParams& p) {
+  return reinterpret_cast<unsigned*>(
+      p.workspace + ssd_scan_flags_offset(p.num_chunks, p.active_heads, p.active_heads /
+                                          p.heads_per_group, p.head_dim, p.state_size,
+                                          p.chunk_size));
+}
+
+__host__ __device__ __forceinline__ int64_t state_tiles_p(const ScanParams& p) {
+  return ceil_div_i(p.head_dim, kScanStateTile);
+}
+__host__ __device__ __forceinline__ int64_t state_tiles_n(const ScanParams& p) {
+  return ceil_div_i(p.state_size, kScanStateTile);
+}
+
+// The flag of the state entering (chunk, head) at state tile (p tile, N tile); word 0 is the
+// ticket counter.
+__host__ __device__ __forceinline__ unsigned* chain_flag(const ScanParams& p, int64_t chunk,
+                                                         int64_t head, int64_t p_tile,
+                                                         int64_t n_tile) {
+  return chain_words(p) + 1 +
+         ((chunk * p.active_heads + head) * state_tiles_p(p) + p_tile) * state_tiles_n(p) + n_tile;
+}
+
+__host__ __device__ __forceinline__ unsigned take_ticket(unsigned* counter) {
+#ifdef __CUDA_ARCH__
+  return atomicAdd(counter, 1u);
+#else
+  return (*counter)++;
+#endif
+}
+
+// Wait until `flag` is set (acquire: what its publisher wrote before setting it is visible to
+// this thread, and to the block after the barrier that follows).
+__host__ __device__ __forceinline__ void wait_published(const unsigned* flag) {
+#ifdef __CUDA_ARCH__
+  for (;;) {
+    unsigned v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
+    if (v != 0u) break;
+    __nanosleep(64);
+  }
+#else
+  if (*flag == 0u) throw std::logic_error("ssd_scan: a chunk state read before it was published");
+#endif
+}
+
+// Set `flag` (release); every thread of the block has fenced its stores before the barrier ahead.
+__host__ __device__ __forceinline__ void publish(unsigned* flag) {
+#ifdef __CUDA_ARCH__
+  asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(flag), "r"(1u) : "memory");
+#else
+  *flag = 1u;
+#endif
+}
+
+__host__ __device__ __forceinline__ void fence_stores() {
+#ifdef __CUDA_ARCH__
+  __threadfence();
+#endif
+}
+
+// A value another block published: read from L2 (this SM's L1 is not coherent with the writer's).
+__host__ __device__ __forceinline__ float load_published(const float* address) {
+#ifdef __CUDA_ARCH__
+  return __ldcg(address);
+#else
+  return *address;
+#endif
+}
+
+// The sequence a real chunk belongs to: the last one whose first chunk is <= chunk (first chunks
+// never decrease, sequence 0 starts at chunk 0, and an empty sequence shares its first chunk with
+// the next one, so the last such sequence holds the chunk).
+struct ChunkSequence {
+  int64_t seq;
+  bool first, last;
+};
+
+__host__ __device__ __forceinline__ ChunkSequence sequence_of(const ScanParams& p,
+                                                              int64_t chunk) {
+  int64_t lo = 0, hi = p.num_seqs;
+  while (hi - lo > 1) {
+    const int64_t mid = (lo + hi) / 2;
+    if (p.seq_table[mid] <= chunk) lo = mid; else hi = mid;
+  }
+  const int64_t first = p.seq_table[lo], count = p.seq_table[p.num_seqs + lo];
+  return ChunkSequence{lo, chunk == first, chunk == first + count - 1};
+}
+
+__host__ __device__ __forceinline__ float initial_state(const ScanParams& p, int64_t seq,
+                                                        int64_t head, int64_t pp, int64_t n) {
+  if (p.initial == nullptr) return 0.0f;
+  return load_float(p.initial, p.initial_type,
+                    seq * p.initial_stride[0] + head * p.initial_stride[1] +
+                        pp * p.initial_stride[2] + n * p.initial_stride[3]);
+}
+
+// ---- 3b. final states of empty sequences ----------------------------------------------------------
+
+// Block (sequence, head, 512 state entries): a sequence without chunks leaves its initial state
+// (or zero) as its final state; sequences with chunks are written by the chunk-state chain.
+__host__ __device__ __forceinline__ void empty_sequence_block(const ScanParams& p,
+                                                              const Block& blk) {
   const int64_t seq = blk.x / p.active_heads, head = blk.x % p.active_heads;
+  if (p.seq_table[p.num_seqs + seq] != 0) return;
   const int64_t numel = p.head_dim * p.state_size;
-  const int64_t first = p.seq_table[seq], count = p.seq_table[p.num_seqs + seq];
+  float* final_state = p.final_states + (seq * p.active_heads + head) * numel;
   blk.each([&](int t) {
-    int64_t offset[kPassElems];
-    float state[kPassElems];
 SSD_UNROLL
-    for (int k = 0; k < kPassElems; ++k) {
-      offset[k] = blk.y * (kThreads * kPassElems) + t + k * kThreads;
-      state[k] = 0.0f;
-      if (p.initial != nullptr && offset[k] < numel) {
-        const int64_t pp = offset[k] / p.state_size, n = offset[k] % p.state_size;
-        state[k] = load_float(p.initial, p.initial_type,
-                              seq * p.initial_stride[0] + head * p.initial_stride[1] +
-                                  pp * p.initial_stride[2] + n * p.initial_stride[3]);
-      }
+    for (int k = 0; k < kFinalElems; ++k) {
+      const int64_t offset = blk.y * (kThreads * kFinalElems) + t + k * kThreads;
+      if (offset < numel)
+        final_state[offset] =
+            initial_state(p, seq, head, offset / p.state_size, offset % p.state_size);
     }
-    for (int64_t chunk = first; chunk < first + count; ++chunk) {
-      const int64_t length = p.chunk_table[2 * p.num_chunks + chunk];
-      const float decay = expf(ws_cum(p, chunk, head)[length - 1]);
-      float* slot = ws_state(p, chunk, head);
-SSD_UNROLL
-      for (int k = 0; k < kPassElems; ++k) {
-        if (offset[k] >= numel) continue;
-        const float own = slot[offset[k]];
-        slot[offset[k]] = state[k];  // from here on: the state entering this chunk
-        state[k] = decay * state[k] + own;
-      }
-    }
-    float* final_state = p.final_states + (seq * p.active_heads + head) * numel;
-SSD_UNROLL
-    for (int k = 0; k < kPassElems; ++k)
-      if (offset[k] < numel) final_state[offset[k]] = state[k];
   });
 }
 
@@ -798,8 +896,11 @@ SSD_UNROLL
 // B of a whole chunk stays in shared memory while the block runs every head of the group over it.
 constexpr int kStateTiles = static_cast<int>(kMaxChunk) / kTcTile;
 
+static_assert(kTcTile == kScanStateTile, "a chunk-state block covers one tile of the state chain");
+
 template <typename T>
 struct TcStateShared {
+  unsigned ticket;                                    // the block's work (section 3)
   float w[kMaxChunk];                                 // exp(cum_end - cum_t) * dt_t, 0 past the chunk
   alignas(16) T b[kStateTiles][kTcTile][kPitch<T>];  // B (t, n) of the chunk, 64 tokens a tile
   alignas(16) T x[2][kTcTile][kPitch<T>];            // x (t, p) of one 64-token step of one head
@@ -822,6 +923,7 @@ __host__ __device__ __forceinline__ void tc_chunk_state_block(const ScanParams& 
   if (length == 0) return;  // a padding chunk (packed inputs): the whole block leaves
   const int64_t p0 = blk.y * kTcTile, n0 = blk.z * kTcTile;
   const int64_t steps = ceil_div_i(length, kTcTile);
+  const ChunkSequence sequence = sequence_of(p, chunk);
   const T* B = static_cast<const T*>(p.B) + batch * p.B_stride_b + token0 * p.B_stride_l +
                group * p.B_stride_g + n0;
   // one cp.async group, the oldest: the first wait of every head's pipeline covers it
@@ -876,10 +978,49 @@ SSD_UNROLL
             mma_row_tile<true, T>(w, acc[w.id], a, sm.b[step], kk);
           }
         });
-    float* out = ws_state(p, chunk, head);
+    // the chain (section 3): h_in from the chunk before (or the initial state), h_out onwards
+    if (!sequence.first)
+      blk.phase([&](int t) {
+        if (t == 0) wait_published(chain_flag(p, chunk, head, blk.y, blk.z));
+      });
+    const float decay = expf(total);
+    float* entering = ws_state(p, chunk, head);
+    float* leaving = sequence.last ? p.final_states + (sequence.seq * p.active_heads + head) *
+                                                          p.head_dim * p.state_size
+                                   : ws_state(p, chunk + 1, head);
     store_acc_tile(blk, acc, p0, n0, p.head_dim, p.state_size,
-                   [&](int64_t pp, int64_t n, float v) { out[pp * p.state_size + n] = v; });
+                   [&](int64_t pp, int64_t n, float own) {
+                     const int64_t at = pp * p.state_size + n;
+                     float h_in;
+                     if (sequence.first) {
+                       h_in = initial_state(p, sequence.seq, head, pp, n);
+                       entering[at] = h_in;  // for the chunk scan
+                     } else {
+                       h_in = load_published(entering + at);
+                     }
+                     leaving[at] = decay * h_in + own;
+                   });
+    if (!sequence.last) {
+      blk.phase([](int) { fence_stores(); });
+      blk.each([&](int t) {
+        if (t == 0) publish(chain_flag(p, chunk + 1, head, blk.y, blk.z));
+      });
+    }
   }
+}
+
+// The chunk-state kernel's block: its work is the tile its ticket names (section 3), tickets
+// chunk-major: ticket = (chunk * G + group) * (p tiles * N tiles) + p tile * N tiles + N tile.
+template <typename T>
+__host__ __device__ __forceinline__ void tc_chunk_state_chain_block(const ScanParams& p,
+                                                                    const Block& blk,
+                                                                    TcStateShared<T>& sm) {
+  blk.phase([&](int t) {
+    if (t == 0) sm.ticket = take_ticket(chain_words(p));
+  });
+  const int64_t ticket = sm.ticket, tiles = state_tiles_p(p) * state_tiles_n(p);
+  const Block work{ticket / tiles, ticket % tiles / state_tiles_n(p), ticket % state_tiles_n(p)};
+  tc_chunk_state_block<T>(p, work, sm);
 }
 
 // ---- 4. chunk scan -------------------------------------------------------------------------------
@@ -1067,8 +1208,8 @@ __global__ void __launch_bounds__(kThreads) cumsum_kernel(const ScanParams p) {
   cumsum_block(p, this_block(), sm);
 }
 
-__global__ void __launch_bounds__(kThreads) state_passing_kernel(const ScanParams p) {
-  state_passing_block(p, this_block());
+__global__ void __launch_bounds__(kThreads) empty_sequence_kernel(const ScanParams p) {
+  empty_sequence_block(p, this_block());
 }
 
 template <typename T>
@@ -1078,7 +1219,7 @@ __global__ void __launch_bounds__(kThreads) chunk_cb_kernel(const ScanParams p) 
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) tc_chunk_state_kernel(const ScanParams p) {
-  tc_chunk_state_block<T>(p, this_block(), dynamic_shared<TcStateShared<T>>());
+  tc_chunk_state_chain_block<T>(p, this_block(), dynamic_shared<TcStateShared<T>>());
 }
 
 // At least 2 blocks per SM as the register target: left to itself ptxas caps the fp32 head loop at
@@ -1089,27 +1230,33 @@ __global__ void __launch_bounds__(kThreads, 2) tc_chunk_scan_kernel(const ScanPa
 }
 
 struct Grids {
-  dim3 chunk_heads, cb, state, passing, scan;
-  bool any_chunks, any_states, any_passing;  // launch only grids with blocks
+  dim3 chunk_heads, cb, state, finals, scan;
+  bool any_chunks, any_states, any_finals;  // launch only grids with blocks
 };
 
 int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+size_t chain_bytes(const ScanParams& p) {
+  return sizeof(unsigned) *
+         static_cast<size_t>(ssd_scan_flag_words(p.num_chunks, p.active_heads, p.head_dim,
+                                                 p.state_size));
+}
 
 Grids grids_of(const ScanParams& p) {
   const int64_t chunk_heads = p.num_chunks * p.active_heads;
   Grids g;
   g.any_chunks = chunk_heads > 0;
   g.any_states = g.any_chunks && p.state_size > 0;  // N = 0: no state, y = D x only
-  g.any_passing = p.num_seqs * p.active_heads > 0 && p.state_size > 0;
+  g.any_finals = p.num_seqs * p.active_heads > 0 && p.state_size > 0;
   g.chunk_heads = dim3(static_cast<unsigned>(chunk_heads));
   g.cb = dim3(static_cast<unsigned>(p.num_chunks * groups_of(p)),
               static_cast<unsigned>(cdiv(p.chunk_size, kTcTile)),
               static_cast<unsigned>(cdiv(p.chunk_size, kTcTile)));
-  g.state = dim3(static_cast<unsigned>(p.num_chunks * groups_of(p)),
-                 static_cast<unsigned>(cdiv(p.head_dim, kTcTile)),
-                 static_cast<unsigned>(cdiv(p.state_size, kTcTile)));
-  g.passing = dim3(static_cast<unsigned>(p.num_seqs * p.active_heads),
-                   static_cast<unsigned>(cdiv(p.head_dim * p.state_size, kThreads * kPassElems)));
+  // one block per ticket (section 3): (chunk, group, p tile, N tile), chunk-major
+  g.state = dim3(static_cast<unsigned>(p.num_chunks * groups_of(p) * state_tiles_p(p) *
+                                       state_tiles_n(p)));
+  g.finals = dim3(static_cast<unsigned>(p.num_seqs * p.active_heads),
+                  static_cast<unsigned>(cdiv(p.head_dim * p.state_size, kThreads * kFinalElems)));
   g.scan = dim3(static_cast<unsigned>(p.num_chunks * groups_of(p)),
                 static_cast<unsigned>(cdiv(p.head_dim, kTcTile)),
                 static_cast<unsigned>(cdiv(p.chunk_size, kTcTile)));
@@ -1119,7 +1266,8 @@ Grids grids_of(const ScanParams& p) {
 bool grids_fit(const ScanParams& p) {
   const int64_t limit = 0x7fffffffLL;
   return p.num_chunks * p.active_heads <= limit && p.num_seqs * p.active_heads <= limit &&
-         cdiv(p.head_dim * p.state_size, kThreads * kPassElems) <= 65535 &&
+         p.num_chunks * groups_of(p) * state_tiles_p(p) * state_tiles_n(p) <= limit &&
+         cdiv(p.head_dim * p.state_size, kThreads * kFinalElems) <= 65535 &&
          cdiv(p.head_dim, kTcTile) <= 65535 && cdiv(p.state_size, kTcTile) <= 65535;
 }
 
@@ -1143,9 +1291,11 @@ cudaError_t launch(const ScanParams& p, cudaStream_t stream) {
   cudaError_t e = cudaSuccess;
   if (g.any_chunks) cumsum_kernel<<<g.chunk_heads, kThreads, 0, stream>>>(p);
   if (g.any_states && e == cudaSuccess) e = launch_tc<CbShared<T>>(chunk_cb_kernel<T>, g.cb, p, stream);
+  if (g.any_states && e == cudaSuccess)  // the chain's ticket counter and flags start at zero
+    e = cudaMemsetAsync(chain_words(p), 0, chain_bytes(p), stream);
   if (g.any_states && e == cudaSuccess)
     e = launch_tc<TcStateShared<T>>(tc_chunk_state_kernel<T>, g.state, p, stream);
-  if (g.any_passing && e == cudaSuccess) state_passing_kernel<<<g.passing, kThreads, 0, stream>>>(p);
+  if (g.any_finals && e == cudaSuccess) empty_sequence_kernel<<<g.finals, kThreads, 0, stream>>>(p);
   if (g.any_chunks && e == cudaSuccess)
     e = launch_tc<TcScanShared<T>>(tc_chunk_scan_kernel<T>, g.scan, p, stream);
   return e != cudaSuccess ? e : cudaGetLastError();
@@ -1173,12 +1323,13 @@ void run_host(const ScanParams& p) {
     run_host_grid<CbShared<T>>(g.cb, [&](const Block& b, CbShared<T>& sm) {
       chunk_cb_block<T>(p, b, sm);
     });
+    std::memset(chain_words(p), 0, chain_bytes(p));
     run_host_grid<TcStateShared<T>>(g.state, [&](const Block& b, TcStateShared<T>& sm) {
-      tc_chunk_state_block<T>(p, b, sm);
+      tc_chunk_state_chain_block<T>(p, b, sm);
     });
   }
-  if (g.any_passing)
-    run_host_grid<NoShared>(g.passing, [&](const Block& b, NoShared&) { state_passing_block(p, b); });
+  if (g.any_finals)
+    run_host_grid<NoShared>(g.finals, [&](const Block& b, NoShared&) { empty_sequence_block(p, b); });
   if (g.any_chunks)
     run_host_grid<TcScanShared<T>>(g.scan, [&](const Block& b, TcScanShared<T>& sm) {
       tc_chunk_scan_block<T>(p, b, sm);

@@ -15,13 +15,15 @@
 // seq_table (2, num_seqs) int64 each sequence's first chunk and chunk count (0 for an empty
 // sequence, whose final state is its initial state).
 //
-// Phases (one kernel each): (1) chunk cumsum of dt*A, (2) each chunk's own state contribution,
-// (3) state passing across the chunks of a sequence (also the final states), (4) chunk scan: the
-// intra-chunk C.B^T decay-masked term, the inter-chunk C.h term, D.x and the z gate. (2) and (4)
-// run on tensor cores (mma.sync, fp32 accumulation: m16n8k16 for fp16/bf16, 3xTF32 m16n8k8 for
-// fp32, which keeps fp32 accuracy) and C.B^T is a kernel of its own between (1) and (2), once per
-// (chunk, group) instead of once per head; with 16-bit activations the decayed operands (x dt
-// exp(cum_end - cum_t), the masked decayed scores, the entering state) are rounded to the
+// Kernels: (1) chunk cumsum of dt*A, (1b) C.B^T once per (chunk, group), (2) the chunk states
+// fused with the state passing: each chunk's own state contribution stays in registers, the block
+// waits for the state entering its chunk (published by the block of the chunk before, through
+// global memory and a flag), adds its own part and publishes the state entering the next chunk
+// (or the final state); (4) chunk scan: the intra-chunk C.B^T decay-masked term, the inter-chunk
+// C.h term, D.x and the z gate. A small kernel writes the final states of empty sequences. (2)
+// and (4) run on tensor cores (mma.sync, fp32 accumulation: m16n8k16 for fp16/bf16, 3xTF32
+// m16n8k8 for fp32, which keeps fp32 accuracy); with 16-bit activations the decayed operands
+// (x dt exp(cum_end - cum_t), the masked decayed scores, the entering state) are rounded to the
 // activation dtype for the MMA.
 //
 // ssd_scan_host() runs the very same per-thread code on the CPU (block by block, barrier phase by
@@ -76,11 +78,17 @@ struct ScanParams {
   float dt_min, dt_max;
 };
 
+// Side of the chunk state's square tiles: the state of every (chunk, head) is produced in
+// ceil(p / 64) x ceil(N / 64) tiles, each handed to the next chunk through its own flag.
+constexpr int64_t kScanStateTile = 64;
+
 // fp32 values of scratch: processed dt and cumulative dt*A per (chunk, head, token of the chunk),
 // the state entering every (chunk, head), (p, N) each, and C.B^T once per
 // (chunk, group), Q x Q rows of an even pitch so the chunk scan reads it in 8-byte pairs; the
-// C.B^T block starts 16-byte aligned. __host__ __device__: the kernels address the workspace with
-// the same functions the launchers size it with.
+// C.B^T block starts 16-byte aligned. Then 32-bit words the launch zeroes: the chunk-state blocks'
+// ticket counter and one "published" flag per (chunk, head, p tile, N tile) of the state chain.
+// __host__ __device__: the kernels address the workspace with the same functions the launchers
+// size it with.
 __host__ __device__ inline int64_t ssd_scan_cb_pitch(int64_t chunk_size) {
   return (chunk_size + 1) / 2 * 2;
 }
@@ -89,13 +97,25 @@ __host__ __device__ inline int64_t ssd_scan_cb_offset(int64_t num_chunks, int64_
                                                       int64_t chunk_size) {
   return (num_chunks * active_heads * (2 * chunk_size + head_dim * state_size) + 3) / 4 * 4;
 }
+__host__ __device__ inline int64_t ssd_scan_flags_offset(int64_t num_chunks, int64_t active_heads,
+                                                         int64_t groups, int64_t head_dim,
+                                                         int64_t state_size, int64_t chunk_size) {
+  const int64_t pitch = ssd_scan_cb_pitch(chunk_size);
+  return ssd_scan_cb_offset(num_chunks, active_heads, head_dim, state_size, chunk_size) +
+         num_chunks * groups * pitch * pitch;
+}
+__host__ __device__ inline int64_t ssd_scan_flag_words(int64_t num_chunks, int64_t active_heads,
+                                                       int64_t head_dim, int64_t state_size) {
+  const int64_t tiles = (head_dim + kScanStateTile - 1) / kScanStateTile *
+                        ((state_size + kScanStateTile - 1) / kScanStateTile);
+  return 1 + num_chunks * active_heads * tiles;
+}
 __host__ __device__ inline int64_t ssd_scan_workspace_floats(int64_t num_chunks,
                                                              int64_t active_heads, int64_t groups,
                                                              int64_t head_dim, int64_t state_size,
                                                              int64_t chunk_size) {
-  const int64_t pitch = ssd_scan_cb_pitch(chunk_size);
-  return ssd_scan_cb_offset(num_chunks, active_heads, head_dim, state_size, chunk_size) +
-         num_chunks * groups * pitch * pitch;
+  return ssd_scan_flags_offset(num_chunks, active_heads, groups, head_dim, state_size, chunk_size) +
+         ssd_scan_flag_words(num_chunks, active_heads, head_dim, state_size);
 }
 
 cudaError_t ssd_scan(const ScanParams& params, cudaStream_t stream);

@@ -1,11 +1,11 @@
 """Chunked SSD scan (Mamba-2 prefill / training) at an elastic width: ``ssd_scan``.
 
 Order: launchers, the registered op ``star_elastic::ssd_scan`` (fake impl, autograd), the public
-wrapper. Kernels: ``csrc/ssm/ssd_scan.cu`` (cuda: the classic phases, chunk cumsum, chunk
-states, state passing, chunk scan, as plain CUDA C++; the chunk states and the chunk scan run on
-tensor cores (mma.sync, fp32 accumulation: fp16/bf16 operands as they are, fp32 ones as 3xTF32,
-which keeps fp32 accuracy) and C.B^T is computed once per (chunk, group) by a kernel of its own;
-states fp32),
+wrapper. Kernels: ``csrc/ssm/ssd_scan.cu`` (cuda, plain CUDA C++: chunk cumsum, C.B^T once per
+(chunk, group), the chunk states fused with the state passing (each chunk's own state stays in
+registers; only the states entering the chunks go through global memory, handed from block to
+block by flags), chunk scan; the matmuls on tensor cores (mma.sync, fp32 accumulation: fp16/bf16
+operands as they are, fp32 ones as 3xTF32, which keeps fp32 accuracy); states fp32),
 ``star_elastic_kernels/triton/ssd_scan.py`` (triton); the specification is
 ``star_elastic_kernels.reference.ssm.ssd_scan`` (torch, the plain sequential recurrence).
 
@@ -60,16 +60,19 @@ def _packed(cu_seqlens: torch.Tensor | None, seqlen: int) -> torch.Tensor | None
 
 
 CUDA_MAX_CHUNK = 256  # the CUDA kernels' longest chunk (kScanMaxChunk in csrc/ssm/ssd_scan.h)
+STATE_TILE = 64  # the side of the CUDA chunk state's tiles (kScanStateTile)
 
 
 def workspace_floats(chunks: int, heads: int, groups: int, head_dim: int, state_size: int,
                      chunk: int) -> int:
     """fp32 scratch of the CUDA forward, as ``ssd_scan_workspace_floats`` in csrc/ssm/ssd_scan.h
     (the op checks it): dt and cumsum per (chunk, head, token), the entering state per (chunk,
-    head), then, 16-byte aligned, C.B^T per (chunk, group) in rows of an even pitch."""
+    head), then, 16-byte aligned, C.B^T per (chunk, group) in rows of an even pitch, then the
+    state chain's words (a ticket counter and a flag per (chunk, head, 64 x 64 state tile))."""
     pitch = (chunk + 1) // 2 * 2
     offset = (chunks * heads * (2 * chunk + head_dim * state_size) + 3) // 4 * 4
-    return offset + chunks * groups * pitch * pitch
+    tiles = -(-head_dim // STATE_TILE) * -(-state_size // STATE_TILE)
+    return offset + chunks * groups * pitch * pitch + 1 + chunks * heads * tiles
 
 
 def _cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, bounds, chunk_size, dt_softplus,

@@ -605,6 +605,51 @@ def test_cuda_code_on_cpu_through_the_op_directly():
 
 # --- property test -------------------------------------------------------------------------------
 
+
+@needs_host_op
+def test_cuda_state_chain_takes_every_ticket_and_publishes_each_entering_state_once():
+    """The fused chunk state + state passing (csrc/ssm/ssd_scan.cu, section 3): every chunk-state
+    block took one ticket, and the state entering (chunk, head, state tile) was published exactly
+    where a chunk has a predecessor in its sequence (not at a sequence's first chunk, not for
+    padding chunks), with two p tiles and two N tiles; the entering states the chunk scan read are
+    the oracle's states at the chunk boundaries."""
+    Hb, Gb, k, p, Np, L, chunk = 2, 1, 2, 80, 70, 40, 16
+    a = scan_inputs(1, L, Hb, p, Gb, Np, seed=33)
+    cu = torch.tensor([0, 20, 20, L])  # 2 + 0 + 2 real chunks of at most 16 tokens
+    bounds = packed_bounds(cu, L)
+    chunk_table, seq_table = chunk_tables(1, L, bounds, chunk, torch.device("cpu"))
+    chunks, seqs = chunk_table.shape[1], seq_table.shape[1]
+    assert (chunk_table[2] == 0).any()  # padding chunks beyond the real ones
+    y, final = torch.empty_like(a["x"]), torch.empty(seqs, Hb, p, Np)
+    workspace = torch.full((scan_module.workspace_floats(chunks, Hb, Gb, p, Np, chunk),), 7.0)
+    torch.ops.star_elastic._ssd_scan(a["x"], a["dt"], a["A"], a["B"], a["C"], None, None, None,
+                                     None, chunk_table, seq_table, y, final, workspace, chunk, k,
+                                     False, 0.0, float("inf"))
+    tiles = 2 * 2  # ceil(80 / 64) x ceil(70 / 64)
+    words = workspace[-(1 + chunks * Hb * tiles):].view(torch.int32)
+    assert words[0] == chunks * Gb * tiles  # one ticket per block, taken from a zeroed counter
+    firsts = {int(f) for f, c in zip(*seq_table) if c > 0}
+    real = chunk_table[2] > 0
+    want = torch.tensor([[int(bool(real[c]) and c not in firsts)] * tiles for c in range(chunks)
+                         for _ in range(Hb)], dtype=torch.int32).flatten()
+    assert torch.equal(words[1:], want)
+    # the entering state of every real chunk: the oracle's final state of the tokens before it
+    state_at = 2 * chunks * Hb * chunk
+    entering = workspace[state_at:state_at + chunks * Hb * p * Np].view(chunks, Hb, p, Np)
+    for c in range(chunks):
+        if not real[c]:
+            continue
+        seq = int(torch.searchsorted(cu[1:], chunk_table[1, c], right=True))
+        start, token0 = int(cu[seq]), int(chunk_table[1, c])
+        if token0 == start:
+            want_state = torch.zeros(Hb, p, Np, dtype=torch.float64)
+        else:
+            _, want_state = sequential_scan(a["x"][:, start:token0], a["dt"][:, start:token0],
+                                            a["A"], a["B"][:, start:token0], a["C"][:, start:token0],
+                                            heads_per_group=k)
+            want_state = want_state[0]
+        torch.testing.assert_close(entering[c].double(), want_state, atol=2e-5, rtol=2e-5)
+
 # Each Triton-interpreter example costs ~0.3-0.6 s on a CPU; CI runs 100 (the SSM property tests
 # together run 700 in CI); SSM_HYPOTHESIS_EXAMPLES=1000 (say) runs more in each.
 EXAMPLES = int(os.environ.get("SSM_HYPOTHESIS_EXAMPLES", "100"))
