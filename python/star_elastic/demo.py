@@ -646,7 +646,10 @@ def render_markdown(results: dict, runs: list[dict]) -> str:
                        and s["kd_after"] is not None)
         lines.append(f"- KD loss per budget over the {switch['window']} steps before and after the stage "
                      f"switch (step {switch['switch_step']}), after it also over the short problems alone, "
-                     f"which the short stage trained on: {kd}.")
+                     f"which the short stage trained on: {kd}. A row's KD is the same in either stage "
+                     f"(whole samples; tests/model/test_train.py), so the rise over all rows is the long "
+                     f"problems no earlier step trained on, and over the short rows the updates the long "
+                     f"rows start to make.")
     return "\n".join(lines) + "\n"
 
 

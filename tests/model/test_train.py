@@ -323,6 +323,52 @@ def test_later_stages_log_the_kd_of_the_rows_the_first_stage_also_had(tmp_path):
             assert second[f"kd_short/{name}"] != pytest.approx(second[f"kd/{name}"], rel=1e-3)
 
 
+def test_a_row_carries_the_same_kd_in_either_stage(tmp_path):
+    """The KD of a budget cannot jump at the stage switch because of the recipe: rows of the short
+    stage, drawn by the long stage beside a long row (padded to its length), give the objective
+    the same per-sample KD, so at the switch only the long rows (new data) change the logged KD.
+    A stage that cut its rows (the old first stage's truncation) would fail this."""
+    config, teacher, student = toy_teacher_and_student(0)
+    tokenizer = data.load_tokenizer("char")
+    examples = (data.arithmetic_examples(40, min_digits=1, max_digits=1, seed=3)
+                + data.arithmetic_examples(40, min_digits=3, max_digits=4, seed=4))
+    tokens, mask = data.encode_batch(tokenizer, [e.text for e in examples], 72, truncate=False)
+    budgets = {"full": Budget(), "half": Budget(mlp_width=config.mlp_intermediate_size // 2)}
+    train_config = TrainConfig(stages=[Stage("short", 1, 27, 8), Stage("long", 1, 72, 8)],
+                               budget_names=tuple(budgets), budget_targets=(1.0, 0.5),
+                               out_dir=str(tmp_path), progress=False)
+    trainer = ElasticDistillationTrainer(teacher, student, None, tokens, mask, train_config,
+                                         budgets=budgets)
+    short_tokens, short_mask, budget_ids, stage, _ = trainer._batch(0, 0)
+    assert stage.name == "short" and short_tokens.shape[1] < 72
+    long_row = int(mask.sum(1).argmax())
+    assert mask[long_row].sum() > 27
+    rows = [int((tokens[:, :short_tokens.shape[1]] == r).all(1).nonzero()[0]) for r in short_tokens]
+    long_tokens = torch.cat([tokens[rows], tokens[long_row:long_row + 1]])
+    long_mask = torch.cat([mask[rows], mask[long_row:long_row + 1]])
+    long_budgets = torch.cat([budget_ids, budget_ids[:1]])
+    short_rows = torch.arange(len(rows) + 1) < len(rows)
+
+    def kd_sums(tokens_, mask_, budget_ids_, short_rows_=None):
+        with torch.no_grad():
+            _, sums, _, _ = trainer.objective(
+                tokens_, mask_, trainer._teacher_logits(tokens_, budget_ids_), budget_ids_, step=0,
+                seed=0, tau=1.0, scale=1.0, temperature=train_config.kd_temperature, ce_weight=0.0,
+                router_lambda=0.0, total_samples=len(budget_ids_), short_rows=short_rows_)
+        return sums
+
+    first_kd, first_counts, _, _ = kd_sums(short_tokens, short_mask, budget_ids)
+    _, _, later_short_kd, later_short_counts = kd_sums(long_tokens, long_mask, long_budgets,
+                                                       short_rows)
+    assert torch.equal(first_counts, later_short_counts) and first_counts.sum() == len(rows)
+    torch.testing.assert_close(later_short_kd, first_kd, rtol=1e-5, atol=1e-7)
+    assert (first_kd > 0).all()
+    # ... and cutting the rows, as the old first stage did, would change it
+    cut = 16
+    cut_kd, _, _, _ = kd_sums(short_tokens[:, :cut], short_mask[:, :cut], budget_ids)
+    assert not torch.allclose(cut_kd, first_kd, rtol=1e-3)
+
+
 def test_step_metrics_count_flops_and_log_the_sampled_architecture(tmp_path):
     from star_elastic.params import parameter_count
 
