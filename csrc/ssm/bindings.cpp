@@ -462,8 +462,8 @@ ssm::ScanParams make_ssd_scan_params(
     const at::Tensor& C, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
     const std::optional<at::Tensor>& dt_bias, const std::optional<at::Tensor>& initial_states,
     const at::Tensor& chunk_table, const at::Tensor& seq_table, at::Tensor& y,
-    at::Tensor& final_states, at::Tensor& workspace, int64_t chunk_size, int64_t heads_per_group,
-    bool dt_softplus, double dt_min, double dt_max, bool cuda) {
+    at::Tensor& final_states, at::Tensor& workspace, at::Tensor& errors, int64_t chunk_size,
+    int64_t heads_per_group, bool dt_softplus, double dt_min, double dt_max, bool cuda) {
   // Shapes and values were checked by the Python wrapper; these guard the raw-pointer contract.
   TORCH_CHECK(cuda ? x.is_cuda() : x.is_cpu(), "x must be a ", cuda ? "CUDA" : "CPU", " tensor");
   TORCH_CHECK(x.dim() == 4 && (x.size(3) <= 1 || x.stride(3) == 1),
@@ -573,6 +573,7 @@ ssm::ScanParams make_ssd_scan_params(
   p.y_stride_h = y.stride(2);
   p.final_states = final_states.data_ptr<float>();
   p.workspace = workspace.data_ptr<float>();
+  p.errors = error_word(errors, x, cuda);
   p.num_chunks = chunks;
   p.num_seqs = seqs;
   p.active_heads = heads;
@@ -592,10 +593,10 @@ void ssd_scan_cuda(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& 
                    const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& dt_bias,
                    const std::optional<at::Tensor>& initial_states, const at::Tensor& chunk_table,
                    const at::Tensor& seq_table, at::Tensor& y, at::Tensor& final_states,
-                   at::Tensor& workspace, int64_t chunk_size, int64_t heads_per_group,
-                   bool dt_softplus, double dt_min, double dt_max) {
+                   at::Tensor& workspace, at::Tensor& errors, int64_t chunk_size,
+                   int64_t heads_per_group, bool dt_softplus, double dt_min, double dt_max) {
   const auto p = make_ssd_scan_params(x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_table,
-                                      seq_table, y, final_states, workspace, chunk_size,
+                                      seq_table, y, final_states, workspace, errors, chunk_size,
                                       heads_per_group, dt_softplus, dt_min, dt_max, true);
   const c10::cuda::CUDAGuard guard(x.device());
   throw_on_cuda_error(ssm::ssd_scan(p, c10::cuda::getCurrentCUDAStream(x.get_device()).stream()),
@@ -607,11 +608,11 @@ void ssd_scan_cpu(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A
                   const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& dt_bias,
                   const std::optional<at::Tensor>& initial_states, const at::Tensor& chunk_table,
                   const at::Tensor& seq_table, at::Tensor& y, at::Tensor& final_states,
-                  at::Tensor& workspace, int64_t chunk_size, int64_t heads_per_group,
-                  bool dt_softplus, double dt_min, double dt_max) {
+                  at::Tensor& workspace, at::Tensor& errors, int64_t chunk_size,
+                  int64_t heads_per_group, bool dt_softplus, double dt_min, double dt_max) {
   ssm::ssd_scan_host(make_ssd_scan_params(x, dt, A, B, C, D, z, dt_bias, initial_states,
                                           chunk_table, seq_table, y, final_states, workspace,
-                                          chunk_size, heads_per_group, dt_softplus, dt_min, dt_max,
+                                          errors, chunk_size, heads_per_group, dt_softplus, dt_min, dt_max,
                                           false));
 }
 
@@ -631,7 +632,8 @@ TORCH_LIBRARY_FRAGMENT(star_elastic, m) {
         "bool norm_before_gate) -> ()");
   m.def("_ssd_scan(Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "
         "Tensor? dt_bias, Tensor? initial_states, Tensor chunk_table, Tensor seq_table, "
-        "Tensor(a!) y, Tensor(b!) final_states, Tensor(c!) workspace, int chunk_size, "
+        "Tensor(a!) y, Tensor(b!) final_states, Tensor(c!) workspace, Tensor(d!) errors, "
+        "int chunk_size, "
         "int heads_per_group, bool dt_softplus, float dt_min, float dt_max) -> ()");
 }
 

@@ -235,17 +235,29 @@ __host__ __device__ __forceinline__ unsigned take_ticket(unsigned* counter) {
 #endif
 }
 
+// A wait that outlasts this cannot be a slow predecessor (a whole scan of a million tokens takes
+// milliseconds): it is a bug in the chain, reported through the error word instead of a hang.
+constexpr uint64_t kChainWaitLimitNs = 1000000000ull;
+
 // Wait until `flag` is set (acquire: what its publisher wrote before setting it is visible to
 // this thread, and to the block after the barrier that follows).
-__host__ __device__ __forceinline__ void wait_published(const unsigned* flag) {
+__host__ __device__ __forceinline__ void wait_published(const unsigned* flag, int32_t* errors) {
 #ifdef __CUDA_ARCH__
+  uint64_t start, now;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
   for (;;) {
     unsigned v;
     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
     if (v != 0u) break;
     __nanosleep(64);
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+    if (now - start > kChainWaitLimitNs) {
+      detail::raise_error(errors, kErrorScanChainStalled);
+      break;
+    }
   }
 #else
+  (void)errors;
   if (*flag == 0u) throw std::logic_error("ssd_scan: a chunk state read before it was published");
 #endif
 }
@@ -981,7 +993,7 @@ SSD_UNROLL
     // the chain (section 3): h_in from the chunk before (or the initial state), h_out onwards
     if (!sequence.first)
       blk.phase([&](int t) {
-        if (t == 0) wait_published(chain_flag(p, chunk, head, blk.y, blk.z));
+        if (t == 0) wait_published(chain_flag(p, chunk, head, blk.y, blk.z), p.errors);
       });
     const float decay = expf(total);
     float* entering = ws_state(p, chunk, head);

@@ -72,6 +72,7 @@ struct ScanParams {
   int64_t y_stride_b, y_stride_l, y_stride_h;
   float* final_states;  // (num_seqs, H', p, N) contiguous fp32
   float* workspace;     // ssd_scan_workspace_floats(...) fp32 values
+  int32_t* errors;      // (1,) int32 device error word (kErrorScanChainStalled)
   int64_t num_chunks, num_seqs, active_heads, heads_per_group, parent_heads_per_group, head_dim,
       state_size, chunk_size;
   bool dt_softplus;

@@ -26,6 +26,7 @@ enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 // Bits of the device error word (star_elastic_kernels/ssm/_device_checks.py has the same values).
 constexpr int32_t kErrorSlotOutOfRange = 1;
+constexpr int32_t kErrorScanChainStalled = 4;  // ssd_scan: a chunk state never arrived (a bug)
 
 struct StateUpdateParams {
   void* state;  // (slots, H, P, N) parent layout

@@ -30,7 +30,7 @@ import torch
 
 from star_elastic_kernels import _backends
 from star_elastic_kernels.reference import ssm as reference
-from star_elastic_kernels.ssm import _checks
+from star_elastic_kernels.ssm import _checks, _device_checks
 from star_elastic_kernels.ssm._chunks import chunk_tables, packed_bounds
 
 # auto prefers Triton until a GPU has timed both: the CUDA forward (mma.sync, C.B^T once per
@@ -94,7 +94,8 @@ def _cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, bounds, chunk_size, dt_
     workspace = torch.empty(workspace_floats(chunks, heads, B.shape[2], p, state_size, chunk),
                             dtype=torch.float32, device=x.device)
     torch.ops.star_elastic._ssd_scan(x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_table,
-                                     seq_table, y, final, workspace, chunk, heads_per_group,
+                                     seq_table, y, final, workspace, _device_checks.word_for(x),
+                                     chunk, heads_per_group,
                                      bool(dt_softplus), float(dt_min), float(dt_max))
     return y, final
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import star_elastic_kernels as sek
 from star_elastic_kernels import _backends, _extension
+from star_elastic_kernels.ssm import check_device_errors
 from star_elastic_kernels.ssm import scan as scan_module
 from star_elastic_kernels.ssm._chunks import chunk_tables, packed_bounds
 from tests.helpers import backend_cases
@@ -593,14 +594,16 @@ def test_cuda_code_on_cpu_through_the_op_directly():
     tables = chunk_tables(1, 4, None, 4, torch.device("cpu"))
     workspace = torch.empty(scan_module.workspace_floats(1, H, G, P, N, 4))
     args = [a["x"], a["dt"], a["A"], a["B"], a["C"], None, None, None, None, *tables, y, final,
-            workspace, 4, H // G, False, 0.0, float("inf")]
+            workspace, torch.zeros(1, dtype=torch.int32), 4, H // G, False, 0.0, float("inf")]
     torch.ops.star_elastic._ssd_scan(*args)
     want = sek.ssd_scan(a["x"], a["dt"], a["A"], a["B"], a["C"], backend="torch")
     torch.testing.assert_close(y, want, atol=2e-5, rtol=2e-5)
     with pytest.raises(RuntimeError, match="workspace"):
         torch.ops.star_elastic._ssd_scan(*args[:13], workspace[:-1], *args[14:])
     with pytest.raises(RuntimeError, match="chunk_size"):
-        torch.ops.star_elastic._ssd_scan(*args[:14], 300, *args[15:])
+        torch.ops.star_elastic._ssd_scan(*args[:15], 300, *args[16:])
+    with pytest.raises(RuntimeError, match="errors"):
+        torch.ops.star_elastic._ssd_scan(*args[:14], torch.zeros(2, dtype=torch.int32), *args[15:])
 
 
 # --- property test -------------------------------------------------------------------------------
@@ -622,9 +625,11 @@ def test_cuda_state_chain_takes_every_ticket_and_publishes_each_entering_state_o
     assert (chunk_table[2] == 0).any()  # padding chunks beyond the real ones
     y, final = torch.empty_like(a["x"]), torch.empty(seqs, Hb, p, Np)
     workspace = torch.full((scan_module.workspace_floats(chunks, Hb, Gb, p, Np, chunk),), 7.0)
+    errors = torch.zeros(1, dtype=torch.int32)
     torch.ops.star_elastic._ssd_scan(a["x"], a["dt"], a["A"], a["B"], a["C"], None, None, None,
-                                     None, chunk_table, seq_table, y, final, workspace, chunk, k,
-                                     False, 0.0, float("inf"))
+                                     None, chunk_table, seq_table, y, final, workspace, errors,
+                                     chunk, k, False, 0.0, float("inf"))
+    assert errors.item() == 0
     tiles = 2 * 2  # ceil(80 / 64) x ceil(70 / 64)
     words = workspace[-(1 + chunks * Hb * tiles):].view(torch.int32)
     assert words[0] == chunks * Gb * tiles  # one ticket per block, taken from a zeroed counter
@@ -784,6 +789,25 @@ def test_gpu_cuda_backend_at_nemotron_shapes(dtype, k, p):
         torch.testing.assert_close(got, ref, **tol, msg=lambda m: f"{name} vs reference: {m}")
     for got, ref, name in zip(ours, triton_out, ("y", "final")):
         torch.testing.assert_close(got, ref, **tol, msg=lambda m: f"{name} vs triton: {m}")
+    check_device_errors("cuda")  # the chunk-state chain never stalled
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_state_chain_over_many_chunks():
+    """One 64K-token sequence at the Nano v3 shape: 512 chunks of 128 hand their states on from
+    block to block (more blocks than fit on the GPU at once), against the Triton forward, twice
+    (the chain's flags are zeroed per launch), without a stall."""
+    Hg, Pg, Gg, Ng, L = 64, 64, 8, 128, 65_536
+    a = scan_inputs(1, L, Hg, Pg, Gg, Ng, seed=28, dtype=torch.bfloat16, device="cuda")
+    kw = dict(chunk_size=128, D=a["D"], dt_bias=a["dt_bias"], dt_softplus=True,
+              return_final_states=True)
+    want = sek.ssd_scan(a["x"], a["dt"], a["A"], a["B"], a["C"], backend="triton", **kw)
+    for _ in range(2):
+        got = sek.ssd_scan(a["x"], a["dt"], a["A"], a["B"], a["C"], backend="cuda", **kw)
+        for g, w, name in zip(got, want, ("y", "final")):
+            torch.testing.assert_close(g.float(), w.float(), **TOL[torch.bfloat16],
+                                       msg=lambda m: f"{name}: {m}")
+    check_device_errors("cuda")
 
 
 @pytest.mark.gpu
