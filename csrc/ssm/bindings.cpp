@@ -504,11 +504,9 @@ ssm::ScanParams make_ssd_scan_params(
   TORCH_CHECK(workspace.scalar_type() == at::kFloat && workspace.is_contiguous() &&
                   workspace.numel() >= ssm::ssd_scan_workspace_floats(chunks, heads, groups,
                                                                       head_dim, state_size,
-                                                                      chunk_size,
-                                                                      x.element_size()),
+                                                                      chunk_size),
               "workspace must be a contiguous float32 tensor of at least "
-              "ssd_scan_workspace_floats(chunks, H', G, p, N, chunk_size, x's element size) "
-              "values (csrc/ssm/ssd_scan.h)");
+              "ssd_scan_workspace_floats(chunks, H', G, p, N, chunk_size) values (csrc/ssm/ssd_scan.h)");
   ssm::ScanParams p{};
   p.x = x.data_ptr();
   p.act_type = ssm_dtype_of(x, "x");

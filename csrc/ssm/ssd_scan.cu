@@ -26,12 +26,12 @@
 //     so both fragments come transposed, and the decay scales the x fragment in registers before
 //     it is rounded back to 16 bits (or split into tf32 parts). Fused with the state passing
 //     (section 3): S stays in registers, the block waits for the state entering its chunk,
-//     handed on by the previous chunk's block through a two-slot ring in L2, and hands
-//     exp(cum_end) h_in + S on to the next chunk (the final state after a sequence's last chunk).
-//     Its blocks take tickets, chunk-major, so a block waits only for blocks that have started.
+//     published by the previous chunk's block, and publishes exp(cum_end) h_in + S for the next
+//     chunk (the final state after a sequence's last chunk). Its blocks take tickets, chunk-major,
+//     so a block waits only for blocks that have started.
 //  4. tc_chunk_scan_kernel, per (chunk, group, 64 channels, 64 tokens), the group's heads in turn
 //     over C staged once (N <= 256): y = exp(cum_t) C_t h_in
-//     (the entering state as the chain stored it, in the activation dtype)
+//     (the fp32 entering state rounded to 16 bits when staged, kept fp32 for fp32 activations)
 //     + sum_{s<=t} CB[t, s] exp(cum_t - cum_s) dt_s x_s, the decayed masked CB fragment built in
 //     registers from the workspace; each warp stops at its own last row (causal skip); then D x
 //     and the gate.
@@ -122,21 +122,16 @@ __host__ __device__ __forceinline__ ChunkInfo chunk_info(const ScanParams& p, in
   return c;
 }
 
-// Workspace (ssd_scan.h): dt (chunks, H', Q), cumsum (chunks, H', Q), entering states
-// (chunks, H', p, N) in the activation dtype, C.B^T, the state chain.
-__host__ __device__ __forceinline__ int64_t act_bytes(const ScanParams& p) {
-  return p.act_type == DType::kFloat32 ? 4 : 2;
-}
+// Workspace: dt (chunks, H', Q), cumsum (chunks, H', Q), states (chunks, H', p, N).
 __host__ __device__ __forceinline__ float* ws_dt(const ScanParams& p, int64_t chunk, int64_t head) {
   return p.workspace + (chunk * p.active_heads + head) * p.chunk_size;
 }
 __host__ __device__ __forceinline__ float* ws_cum(const ScanParams& p, int64_t chunk, int64_t head) {
   return p.workspace + (p.num_chunks + chunk) * p.active_heads * p.chunk_size + head * p.chunk_size;
 }
-template <typename T>
-__host__ __device__ __forceinline__ T* ws_state(const ScanParams& p, int64_t chunk, int64_t head) {
-  return reinterpret_cast<T*>(p.workspace +
-                              ssd_scan_states_offset(p.num_chunks, p.active_heads, p.chunk_size)) +
+__host__ __device__ __forceinline__ float* ws_state(const ScanParams& p, int64_t chunk,
+                                                    int64_t head) {
+  return p.workspace + 2 * p.num_chunks * p.active_heads * p.chunk_size +
          (chunk * p.active_heads + head) * p.head_dim * p.state_size;
 }
 
@@ -198,30 +193,22 @@ __host__ __device__ __forceinline__ void cumsum_block(const ScanParams& p, const
 //
 // The state entering chunk c + 1 is exp(total_c) h_c + S_c, S_c the chunk's own contribution. The
 // chunk-state block of (chunk c, head, tile) keeps S_c in registers, waits until the block of chunk
-// c - 1 has handed it h_c, and hands h_{c+1} on in turn; the first chunk of a sequence starts from
-// the initial state, the last writes the final state. Each (head, p tile, N tile) is one chain with
-// a ring of two slots of 64 x 64 entries in global memory (L2-resident: 64 KB a chain); an entry
-// is one 64-bit word, the value's bits and the index of the chunk it enters, written and read as
-// single-copy-atomic 64-bit accesses, so the reader spins on the data itself: no fence, no flag,
-// one L2 round trip from writer to reader. Lane l of warp w reads exactly the entries lane l of
-// warp w of the block before wrote (the same accumulator fragment), so no barrier is needed
-// either. h_{c+1} goes into slot (c + 1) % 2 only after its writer read h_c out of slot c % 2,
-// which the chain's order puts after the reader of slot (c + 1) % 2's previous value: two slots
-// never overrun. Besides, every chunk stores the state entering it (activation dtype) for the
-// chunk scan. Only those entering states leave the chip; the chunks' own states never do.
+// c - 1 has published h_c (global memory, then its flag), writes h_{c+1} and publishes it in turn;
+// the first chunk of a sequence starts from the initial state, the last writes the final state.
+// Only the entering states travel through global memory (once written, once read by the next
+// block from L2, once by the chunk scan); the chunks' own states never leave the chip.
 //
 // Forward progress without relying on the order in which the hardware starts blocks: every block
-// first takes a ticket (an atomic counter the launch zeroes, with the rings) and works on the tile
-// the ticket names, tickets chunk-major. A block only ever waits for a smaller ticket, whose block
-// has started (it took that ticket) and itself waits only for smaller ones, so the smallest
-// unfinished ticket always runs to its end. On the host the blocks run in ticket order and every
-// wait is already met.
+// first takes a ticket (an atomic counter the launch zeroes) and works on the tile the ticket
+// names, tickets chunk-major. A block only ever waits for a smaller ticket, whose block has started
+// (it took that ticket) and itself waits only for smaller ones, so the smallest unfinished ticket
+// always runs to its end. On the host the blocks run in ticket order and a wait is already met.
 
-__host__ __device__ __forceinline__ uint32_t* chain_words(const ScanParams& p) {
-  return reinterpret_cast<uint32_t*>(
-      p.workspace + ssd_scan_chain_offset(p.num_chunks, p.active_heads,
-                                          p.active_heads / p.heads_per_group, p.head_dim,
-                                          p.state_size, p.chunk_size, act_bytes(p)));
+__host__ __device__ __forceinline__ unsigned* chain_words(const ScanParams& p) {
+  return reinterpret_cast<unsigned*>(
+      p.workspace + ssd_scan_flags_offset(p.num_chunks, p.active_heads, p.active_heads /
+                                          p.heads_per_group, p.head_dim, p.state_size,
+                                          p.chunk_size));
 }
 
 __host__ __device__ __forceinline__ int64_t state_tiles_p(const ScanParams& p) {
@@ -231,18 +218,16 @@ __host__ __device__ __forceinline__ int64_t state_tiles_n(const ScanParams& p) {
   return ceil_div_i(p.state_size, kScanStateTile);
 }
 
-// The ring slot that holds the state entering `chunk` on chain (head, p tile, N tile): 64 x 64
-// entries, row = channel - p0, column = state entry - n0. Word 0 of the chain area is the ticket
-// counter (padded to 16 bytes).
-__host__ __device__ __forceinline__ uint64_t* ring_slot(const ScanParams& p, int64_t chunk,
-                                                        int64_t head, int64_t p_tile,
-                                                        int64_t n_tile) {
-  const int64_t chain = (head * state_tiles_p(p) + p_tile) * state_tiles_n(p) + n_tile;
-  return reinterpret_cast<uint64_t*>(chain_words(p) + 4) +
-         (chain * kScanRingSlots + chunk % kScanRingSlots) * kScanStateTile * kScanStateTile;
+// The flag of the state entering (chunk, head) at state tile (p tile, N tile); word 0 is the
+// ticket counter.
+__host__ __device__ __forceinline__ unsigned* chain_flag(const ScanParams& p, int64_t chunk,
+                                                         int64_t head, int64_t p_tile,
+                                                         int64_t n_tile) {
+  return chain_words(p) + 1 +
+         ((chunk * p.active_heads + head) * state_tiles_p(p) + p_tile) * state_tiles_n(p) + n_tile;
 }
 
-__host__ __device__ __forceinline__ unsigned take_ticket(uint32_t* counter) {
+__host__ __device__ __forceinline__ unsigned take_ticket(unsigned* counter) {
 #ifdef __CUDA_ARCH__
   return atomicAdd(counter, 1u);
 #else
@@ -250,66 +235,55 @@ __host__ __device__ __forceinline__ unsigned take_ticket(uint32_t* counter) {
 #endif
 }
 
-__host__ __device__ __forceinline__ uint64_t ring_entry(float value, int64_t chunk) {
-  uint32_t bits;
-  memcpy(&bits, &value, sizeof bits);
-  return (static_cast<uint64_t>(static_cast<uint32_t>(chunk)) << 32) | bits;
-}
-
-__host__ __device__ __forceinline__ float ring_value(uint64_t entry) {
-  const uint32_t bits = static_cast<uint32_t>(entry);
-  float value;
-  memcpy(&value, &bits, sizeof value);
-  return value;
-}
-
-// Hand two adjacent entries of the state entering `chunk` on (one 16-byte store of two
-// single-copy-atomic 64-bit words; relaxed: the reader needs nothing else the writer wrote).
-__host__ __device__ __forceinline__ void ring_put(uint64_t* at, int64_t chunk, float v0, float v1) {
-  const uint64_t e0 = ring_entry(v0, chunk), e1 = ring_entry(v1, chunk);
-#ifdef __CUDA_ARCH__
-  asm volatile("st.relaxed.gpu.global.v2.b64 [%0], {%1, %2};\n" ::"l"(at), "l"(e0), "l"(e1)
-               : "memory");
-#else
-  at[0] = e0;
-  at[1] = e1;
-#endif
-}
-
 // A wait that outlasts this cannot be a slow predecessor (a whole scan of a million tokens takes
 // milliseconds): it is a bug in the chain, reported through the error word instead of a hang.
 constexpr uint64_t kChainWaitLimitNs = 1000000000ull;
 
-// The two adjacent entries of the state entering `chunk`, once its writer has put them there.
-__host__ __device__ __forceinline__ void ring_take(const uint64_t* at, int64_t chunk,
-                                                   int32_t* errors, float* v0, float* v1) {
-  const uint32_t want = static_cast<uint32_t>(chunk);
-  uint64_t e0, e1;
+// Wait until `flag` is set (acquire: what its publisher wrote before setting it is visible to
+// this thread, and to the block after the barrier that follows).
+__host__ __device__ __forceinline__ void wait_published(const unsigned* flag, int32_t* errors) {
 #ifdef __CUDA_ARCH__
-  uint64_t start = 0, now;
+  uint64_t start, now;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
   for (;;) {
-    asm volatile("ld.relaxed.gpu.global.v2.b64 {%0, %1}, [%2];\n"
-                 : "=l"(e0), "=l"(e1)
-                 : "l"(at)
-                 : "memory");
-    if (static_cast<uint32_t>(e0 >> 32) == want && static_cast<uint32_t>(e1 >> 32) == want) break;
+    unsigned v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
+    if (v != 0u) break;
+    __nanosleep(64);
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
-    if (start == 0) start = now;
     if (now - start > kChainWaitLimitNs) {
       detail::raise_error(errors, kErrorScanChainStalled);
       break;
     }
-    __nanosleep(32);
   }
 #else
   (void)errors;
-  e0 = at[0];
-  e1 = at[1];
-  if (static_cast<uint32_t>(e0 >> 32) != want || static_cast<uint32_t>(e1 >> 32) != want)
-    throw std::logic_error("ssd_scan: a chunk state read before it was handed on");
+  if (*flag == 0u) throw std::logic_error("ssd_scan: a chunk state read before it was published");
 #endif
-  *v0 = ring_value(e0);
-  *v1 = ring_value(e1);
+}
+
+// Set `flag` (release); every thread of the block has fenced its stores before the barrier ahead.
+__host__ __device__ __forceinline__ void publish(unsigned* flag) {
+#ifdef __CUDA_ARCH__
+  asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(flag), "r"(1u) : "memory");
+#else
+  *flag = 1u;
+#endif
+}
+
+__host__ __device__ __forceinline__ void fence_stores() {
+#ifdef __CUDA_ARCH__
+  __threadfence();
+#endif
+}
+
+// A value another block published: read from L2 (this SM's L1 is not coherent with the writer's).
+__host__ __device__ __forceinline__ float load_published(const float* address) {
+#ifdef __CUDA_ARCH__
+  return __ldcg(address);
+#else
+  return *address;
+#endif
 }
 
 // The sequence a real chunk belongs to: the last one whose first chunk is <= chunk (first chunks
@@ -874,8 +848,7 @@ __host__ __device__ __forceinline__ float* ws_cb(const ScanParams& p, int64_t ch
                                                  int64_t group) {
   const int64_t pitch = ssd_scan_cb_pitch(p.chunk_size);
   return p.workspace +
-         ssd_scan_cb_offset(p.num_chunks, p.active_heads, p.head_dim, p.state_size, p.chunk_size,
-                            act_bytes(p)) +
+         ssd_scan_cb_offset(p.num_chunks, p.active_heads, p.head_dim, p.state_size, p.chunk_size) +
          (chunk * groups_of(p) + group) * pitch * pitch;
 }
 
@@ -1018,43 +991,33 @@ SSD_UNROLL
           }
         });
     // the chain (section 3): h_in from the chunk before (or the initial state), h_out onwards
-    const float decay = expf(total);
-    const uint64_t* ring_in =
-        sequence.first ? nullptr : ring_slot(p, chunk, head, blk.y, blk.z);
-    uint64_t* ring_out = sequence.last ? nullptr : ring_slot(p, chunk + 1, head, blk.y, blk.z);
-    T* entering = ws_state<T>(p, chunk, head);
-    float* final_state = sequence.last ? p.final_states + (sequence.seq * p.active_heads + head) *
-                                                              p.head_dim * p.state_size
-                                       : nullptr;
-    warp_each(blk, [&](const Warp& w) {
-      w.lanes([&](int l) {
-SSD_UNROLL
-        for (int j = 0; j < kTcColTiles; ++j)
-SSD_UNROLL
-          for (int half = 0; half < 2; ++half) {
-            int row, col;  // the pair (row, col), (row, col + 1), col even
-            c_element(l, 2 * half, &row, &col);
-            const int64_t local = (16 * w.id + row) * kScanStateTile + 8 * j + col;
-            const int64_t pp = p0 + 16 * w.id + row, n = n0 + 8 * j + col;
-            float h[2] = {0.0f, 0.0f};
-            if (!sequence.first) {
-              ring_take(ring_in + local, chunk, p.errors, &h[0], &h[1]);
-            } else if (pp < p.head_dim) {
-              for (int i = 0; i < 2; ++i)
-                if (n + i < p.state_size) h[i] = initial_state(p, sequence.seq, head, pp, n + i);
-            }
-            const float out[2] = {decay * h[0] + acc[w.id][l][j][2 * half],
-                                  decay * h[1] + acc[w.id][l][j][2 * half + 1]};
-            if (ring_out != nullptr) ring_put(ring_out + local, chunk + 1, out[0], out[1]);
-            if (pp >= p.head_dim) continue;
-            for (int i = 0; i < 2; ++i) {
-              if (n + i >= p.state_size) break;
-              entering[pp * p.state_size + n + i] = from_float<T>(h[i]);  // for the chunk scan
-              if (final_state != nullptr) final_state[pp * p.state_size + n + i] = out[i];
-            }
-          }
+    if (!sequence.first)
+      blk.phase([&](int t) {
+        if (t == 0) wait_published(chain_flag(p, chunk, head, blk.y, blk.z), p.errors);
       });
-    });
+    const float decay = expf(total);
+    float* entering = ws_state(p, chunk, head);
+    float* leaving = sequence.last ? p.final_states + (sequence.seq * p.active_heads + head) *
+                                                          p.head_dim * p.state_size
+                                   : ws_state(p, chunk + 1, head);
+    store_acc_tile(blk, acc, p0, n0, p.head_dim, p.state_size,
+                   [&](int64_t pp, int64_t n, float own) {
+                     const int64_t at = pp * p.state_size + n;
+                     float h_in;
+                     if (sequence.first) {
+                       h_in = initial_state(p, sequence.seq, head, pp, n);
+                       entering[at] = h_in;  // for the chunk scan
+                     } else {
+                       h_in = load_published(entering + at);
+                     }
+                     leaving[at] = decay * h_in + own;
+                   });
+    if (!sequence.last) {
+      blk.phase([](int) { fence_stores(); });
+      blk.each([&](int t) {
+        if (t == 0) publish(chain_flag(p, chunk + 1, head, blk.y, blk.z));
+      });
+    }
   }
 }
 
@@ -1116,7 +1079,7 @@ __host__ __device__ __forceinline__ void tc_chunk_scan_block(const ScanParams& p
     const int64_t head = group * p.heads_per_group + i;
     const float* cum = ws_cum(p, chunk, head);
     const float* dt = ws_dt(p, chunk, head);
-    const T* h_in = ws_state<T>(p, chunk, head);
+    const float* h_in = ws_state(p, chunk, head);
     const T* x = static_cast<const T*>(p.x) + batch * p.x_stride_b + token0 * p.x_stride_l +
                  head * p.x_stride_h;
     PerWarp<WarpAcc> acc;
@@ -1140,9 +1103,9 @@ __host__ __device__ __forceinline__ void tc_chunk_scan_block(const ScanParams& p
           for (int e = t; e < kTcTile * kTcTile; e += kThreads) {
             const int pp = e / kTcTile, col = e % kTcTile;
             const int64_t n = n0 + col;
-            sm.u.h[buf][pp][col] = p0 + pp < p.head_dim && n < p.state_size
-                                       ? h_in[(p0 + pp) * p.state_size + n]
-                                       : from_float<T>(0.0f);
+            sm.u.h[buf][pp][col] = from_float<T>(
+                p0 + pp < p.head_dim && n < p.state_size ? h_in[(p0 + pp) * p.state_size + n]
+                                                         : 0.0f);
           }
         },
         [&](const Warp& w, int64_t step, int buf) {
@@ -1286,8 +1249,9 @@ struct Grids {
 int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 size_t chain_bytes(const ScanParams& p) {
-  return sizeof(uint32_t) *
-         static_cast<size_t>(ssd_scan_chain_words(p.active_heads, p.head_dim, p.state_size));
+  return sizeof(unsigned) *
+         static_cast<size_t>(ssd_scan_flag_words(p.num_chunks, p.active_heads, p.head_dim,
+                                                 p.state_size));
 }
 
 Grids grids_of(const ScanParams& p) {
@@ -1339,7 +1303,7 @@ cudaError_t launch(const ScanParams& p, cudaStream_t stream) {
   cudaError_t e = cudaSuccess;
   if (g.any_chunks) cumsum_kernel<<<g.chunk_heads, kThreads, 0, stream>>>(p);
   if (g.any_states && e == cudaSuccess) e = launch_tc<CbShared<T>>(chunk_cb_kernel<T>, g.cb, p, stream);
-  if (g.any_states && e == cudaSuccess)  // the ticket counter and the rings start at zero
+  if (g.any_states && e == cudaSuccess)  // the chain's ticket counter and flags start at zero
     e = cudaMemsetAsync(chain_words(p), 0, chain_bytes(p), stream);
   if (g.any_states && e == cudaSuccess)
     e = launch_tc<TcStateShared<T>>(tc_chunk_state_kernel<T>, g.state, p, stream);

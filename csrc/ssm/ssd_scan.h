@@ -18,7 +18,7 @@
 // Kernels: (1) chunk cumsum of dt*A, (1b) C.B^T once per (chunk, group), (2) the chunk states
 // fused with the state passing: each chunk's own state contribution stays in registers, the block
 // waits for the state entering its chunk (published by the block of the chunk before, through
-// a ring buffer in global memory), adds its own part and publishes the state entering the next chunk
+// global memory and a flag), adds its own part and publishes the state entering the next chunk
 // (or the final state); (4) chunk scan: the intra-chunk C.B^T decay-masked term, the inter-chunk
 // C.h term, D.x and the z gate. A small kernel writes the final states of empty sequences. (2)
 // and (4) run on tensor cores (mma.sync, fp32 accumulation: m16n8k16 for fp16/bf16, 3xTF32
@@ -80,59 +80,43 @@ struct ScanParams {
 };
 
 // Side of the chunk state's square tiles: the state of every (chunk, head) is produced in
-// ceil(p / 64) x ceil(N / 64) tiles, each handed on to the next chunk along its own chain.
+// ceil(p / 64) x ceil(N / 64) tiles, each handed to the next chunk through its own flag.
 constexpr int64_t kScanStateTile = 64;
-// Slots of each chain's ring (see ssd_scan.cu, section 3): the state entering chunk c sits in slot
-// c % kScanRingSlots until chunk c's block has read it; two suffice.
-constexpr int64_t kScanRingSlots = 2;
 
-// The workspace, in fp32 words (one allocation; every part 16-byte aligned):
-//  - processed dt and cumulative dt*A per (chunk, head, token of the chunk), fp32;
-//  - the state entering every (chunk, head), (p, N), in the activation dtype (act_bytes each):
-//    what the chunk scan multiplies by, which rounds it to that dtype anyway;
-//  - C.B^T once per (chunk, group), Q x Q fp32 rows of an even pitch (read in 8-byte pairs);
-//  - the state chain, zeroed by each launch: a ticket counter (padded to 16 bytes), then for every
-//    (head, p tile, N tile) chain kScanRingSlots slots of 64 x 64 entries, each entry one 64-bit
-//    word (value bits, then the index of the chunk the value enters).
+// fp32 values of scratch: processed dt and cumulative dt*A per (chunk, head, token of the chunk),
+// the state entering every (chunk, head), (p, N) each, and C.B^T once per
+// (chunk, group), Q x Q rows of an even pitch so the chunk scan reads it in 8-byte pairs; the
+// C.B^T block starts 16-byte aligned. Then 32-bit words the launch zeroes: the chunk-state blocks'
+// ticket counter and one "published" flag per (chunk, head, p tile, N tile) of the state chain.
 // __host__ __device__: the kernels address the workspace with the same functions the launchers
 // size it with.
-__host__ __device__ inline int64_t ssd_scan_align4(int64_t words) { return (words + 3) / 4 * 4; }
 __host__ __device__ inline int64_t ssd_scan_cb_pitch(int64_t chunk_size) {
   return (chunk_size + 1) / 2 * 2;
 }
-__host__ __device__ inline int64_t ssd_scan_states_offset(int64_t num_chunks, int64_t active_heads,
-                                                          int64_t chunk_size) {
-  return ssd_scan_align4(2 * num_chunks * active_heads * chunk_size);
-}
 __host__ __device__ inline int64_t ssd_scan_cb_offset(int64_t num_chunks, int64_t active_heads,
                                                       int64_t head_dim, int64_t state_size,
-                                                      int64_t chunk_size, int64_t act_bytes) {
-  const int64_t state_bytes = num_chunks * active_heads * head_dim * state_size * act_bytes;
-  return ssd_scan_states_offset(num_chunks, active_heads, chunk_size) +
-         ssd_scan_align4((state_bytes + 3) / 4);
+                                                      int64_t chunk_size) {
+  return (num_chunks * active_heads * (2 * chunk_size + head_dim * state_size) + 3) / 4 * 4;
 }
-__host__ __device__ inline int64_t ssd_scan_chain_offset(int64_t num_chunks, int64_t active_heads,
+__host__ __device__ inline int64_t ssd_scan_flags_offset(int64_t num_chunks, int64_t active_heads,
                                                          int64_t groups, int64_t head_dim,
-                                                         int64_t state_size, int64_t chunk_size,
-                                                         int64_t act_bytes) {
+                                                         int64_t state_size, int64_t chunk_size) {
   const int64_t pitch = ssd_scan_cb_pitch(chunk_size);
-  return ssd_scan_cb_offset(num_chunks, active_heads, head_dim, state_size, chunk_size,
-                            act_bytes) +
-         ssd_scan_align4(num_chunks * groups * pitch * pitch);
+  return ssd_scan_cb_offset(num_chunks, active_heads, head_dim, state_size, chunk_size) +
+         num_chunks * groups * pitch * pitch;
 }
-__host__ __device__ inline int64_t ssd_scan_chain_words(int64_t active_heads, int64_t head_dim,
-                                                        int64_t state_size) {
-  const int64_t chains = active_heads * ((head_dim + kScanStateTile - 1) / kScanStateTile) *
-                         ((state_size + kScanStateTile - 1) / kScanStateTile);
-  return 4 + chains * kScanRingSlots * kScanStateTile * kScanStateTile * 2;
+__host__ __device__ inline int64_t ssd_scan_flag_words(int64_t num_chunks, int64_t active_heads,
+                                                       int64_t head_dim, int64_t state_size) {
+  const int64_t tiles = (head_dim + kScanStateTile - 1) / kScanStateTile *
+                        ((state_size + kScanStateTile - 1) / kScanStateTile);
+  return 1 + num_chunks * active_heads * tiles;
 }
 __host__ __device__ inline int64_t ssd_scan_workspace_floats(int64_t num_chunks,
                                                              int64_t active_heads, int64_t groups,
                                                              int64_t head_dim, int64_t state_size,
-                                                             int64_t chunk_size, int64_t act_bytes) {
-  return ssd_scan_chain_offset(num_chunks, active_heads, groups, head_dim, state_size, chunk_size,
-                               act_bytes) +
-         ssd_scan_chain_words(active_heads, head_dim, state_size);
+                                                             int64_t chunk_size) {
+  return ssd_scan_flags_offset(num_chunks, active_heads, groups, head_dim, state_size, chunk_size) +
+         ssd_scan_flag_words(num_chunks, active_heads, head_dim, state_size);
 }
 
 cudaError_t ssd_scan(const ScanParams& params, cudaStream_t stream);

@@ -61,23 +61,18 @@ def _packed(cu_seqlens: torch.Tensor | None, seqlen: int) -> torch.Tensor | None
 
 CUDA_MAX_CHUNK = 256  # the CUDA kernels' longest chunk (kScanMaxChunk in csrc/ssm/ssd_scan.h)
 STATE_TILE = 64  # the side of the CUDA chunk state's tiles (kScanStateTile)
-RING_SLOTS = 2  # slots of each state chain's ring (kScanRingSlots)
 
 
 def workspace_floats(chunks: int, heads: int, groups: int, head_dim: int, state_size: int,
-                     chunk: int, act_bytes: int) -> int:
-    """fp32 words of scratch of the CUDA forward, as ``ssd_scan_workspace_floats`` in
-    csrc/ssm/ssd_scan.h (the op checks it), every part 16-byte aligned: dt and cumsum per (chunk,
-    head, token); the entering state per (chunk, head), (p, N) values of ``act_bytes`` bytes (the
-    activation dtype's size); C.B^T per (chunk, group) in rows of an even pitch; the state chain:
-    a ticket counter (4 words) and per (head, 64 x 64 state tile) a ring of two slots of 64-bit
-    entries."""
-    align = lambda words: -(-words // 4) * 4  # noqa: E731
+                     chunk: int) -> int:
+    """fp32 scratch of the CUDA forward, as ``ssd_scan_workspace_floats`` in csrc/ssm/ssd_scan.h
+    (the op checks it): dt and cumsum per (chunk, head, token), the entering state per (chunk,
+    head), then, 16-byte aligned, C.B^T per (chunk, group) in rows of an even pitch, then the
+    state chain's words (a ticket counter and a flag per (chunk, head, 64 x 64 state tile))."""
     pitch = (chunk + 1) // 2 * 2
-    states = align(-(-chunks * heads * head_dim * state_size * act_bytes // 4))
-    chains = heads * -(-head_dim // STATE_TILE) * -(-state_size // STATE_TILE)
-    return (align(2 * chunks * heads * chunk) + states + align(chunks * groups * pitch * pitch)
-            + 4 + chains * RING_SLOTS * STATE_TILE * STATE_TILE * 2)
+    offset = (chunks * heads * (2 * chunk + head_dim * state_size) + 3) // 4 * 4
+    tiles = -(-head_dim // STATE_TILE) * -(-state_size // STATE_TILE)
+    return offset + chunks * groups * pitch * pitch + 1 + chunks * heads * tiles
 
 
 def _cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, bounds, chunk_size, dt_softplus,
@@ -96,8 +91,7 @@ def _cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, bounds, chunk_size, dt_
     chunks, seqs = chunk_table.shape[1], seq_table.shape[1]
     y = torch.empty((b, l, heads, p), dtype=x.dtype, device=x.device)
     final = torch.empty((seqs, heads, p, state_size), dtype=torch.float32, device=x.device)
-    workspace = torch.empty(workspace_floats(chunks, heads, B.shape[2], p, state_size, chunk,
-                                             x.element_size()),
+    workspace = torch.empty(workspace_floats(chunks, heads, B.shape[2], p, state_size, chunk),
                             dtype=torch.float32, device=x.device)
     torch.ops.star_elastic._ssd_scan(x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_table,
                                      seq_table, y, final, workspace, _device_checks.word_for(x),
