@@ -6,7 +6,9 @@
 // thread 0, 1, ..., kThreads-1 in turn, which is the same schedule a barrier allows. Shared memory
 // is a struct (dynamic shared memory on the device, a heap object on the host). So the CPU build
 // runs exactly the per-thread code of the kernels, which is how the tests check it without a GPU;
-// it says nothing about the launch, warp scheduling or speed.
+// it says nothing about the launch, warp scheduling or speed. Blocks run one after another,
+// except the chunk-state kernel's, which wait for each other (section 3): several host threads
+// run those at once.
 //
 // Kernels (128 threads each; 64-bit offsets throughout):
 //  1. cumsum_kernel, one block per (chunk, head): processed dt and the inclusive cumsum of dt*A over
@@ -46,8 +48,14 @@
 #include "ssm/float_access.cuh"
 
 #include <cmath>
+#include <atomic>
+#include <chrono>
 #include <cstring>
+#include <exception>
+#include <mutex>
 #include <stdexcept>
+#include <thread>
+#include <vector>
 #include <memory>
 #include <type_traits>
 
@@ -202,7 +210,8 @@ __host__ __device__ __forceinline__ void cumsum_block(const ScanParams& p, const
 // first takes a ticket (an atomic counter the launch zeroes) and works on the tile the ticket
 // names, tickets chunk-major. A block only ever waits for a smaller ticket, whose block has started
 // (it took that ticket) and itself waits only for smaller ones, so the smallest unfinished ticket
-// always runs to its end. On the host the blocks run in ticket order and a wait is already met.
+// always runs to its end. On the host several threads run the blocks at once
+// (run_host_concurrently), so there the waits are real too.
 
 __host__ __device__ __forceinline__ unsigned* chain_words(const ScanParams& p) {
   return reinterpret_cast<unsigned*>(
@@ -231,12 +240,13 @@ __host__ __device__ __forceinline__ unsigned take_ticket(unsigned* counter) {
 #ifdef __CUDA_ARCH__
   return atomicAdd(counter, 1u);
 #else
-  return (*counter)++;
+  return __atomic_fetch_add(counter, 1u, __ATOMIC_RELAXED);
 #endif
 }
 
 // A wait that outlasts this cannot be a slow predecessor (a whole scan of a million tokens takes
-// milliseconds): it is a bug in the chain, reported through the error word instead of a hang.
+// milliseconds on a GPU; the host, emulating blocks thread by thread, waits ten times longer):
+// a bug in the chain, reported through the error word instead of a hang.
 constexpr uint64_t kChainWaitLimitNs = 1000000000ull;
 
 // Wait until `flag` is set (acquire: what its publisher wrote before setting it is visible to
@@ -256,24 +266,27 @@ __host__ __device__ __forceinline__ void wait_published(const unsigned* flag, in
       break;
     }
   }
-#else
-  (void)errors;
-  if (*flag == 0u) throw std::logic_error("ssd_scan: a chunk state read before it was published");
+#else  // the host runs the chunk-state blocks on several threads at once (run_host_concurrently)
+  const auto start = std::chrono::steady_clock::now();
+  while (__atomic_load_n(flag, __ATOMIC_ACQUIRE) == 0u) {
+    std::this_thread::yield();
+    if (std::chrono::steady_clock::now() - start >
+        std::chrono::nanoseconds(10 * kChainWaitLimitNs)) {
+      detail::raise_error(errors, kErrorScanChainStalled);
+      break;
+    }
+  }
 #endif
 }
 
-// Set `flag` (release); every thread of the block has fenced its stores before the barrier ahead.
+// Set `flag` (release at GPU scope), by thread 0 after a barrier: the barrier orders every
+// thread's stores before thread 0's release, so whoever acquires the flag sees all the block
+// wrote (the pattern of CUTLASS's GenericBarrier: one fence, not one per thread).
 __host__ __device__ __forceinline__ void publish(unsigned* flag) {
 #ifdef __CUDA_ARCH__
   asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(flag), "r"(1u) : "memory");
 #else
-  *flag = 1u;
-#endif
-}
-
-__host__ __device__ __forceinline__ void fence_stores() {
-#ifdef __CUDA_ARCH__
-  __threadfence();
+  __atomic_store_n(flag, 1u, __ATOMIC_RELEASE);
 #endif
 }
 
@@ -1013,7 +1026,7 @@ SSD_UNROLL
                      leaving[at] = decay * h_in + own;
                    });
     if (!sequence.last) {
-      blk.phase([](int) { fence_stores(); });
+      blk.phase([](int) {});  // every thread's h_out stores before thread 0's release
       blk.each([&](int t) {
         if (t == 0) publish(chain_flag(p, chunk + 1, head, blk.y, blk.z));
       });
@@ -1322,6 +1335,33 @@ void run_host_grid(dim3 grid, Program program) {
       for (int64_t z = 0; z < grid.z; ++z) program(Block{x, y, z}, *shared);
 }
 
+// The chunk-state chain's grid on the host: kHostChainWorkers threads, each running whole blocks
+// (taking the next ticket) one after another, so blocks of the chain really wait for each other
+// in whatever interleaving the threads take, as the GPU's blocks do; a hand-off that relied on the
+// one-block-at-a-time order would stall or read stale states here. The same forward-progress
+// argument holds (a block waits only for tickets taken by running workers).
+constexpr int kHostChainWorkers = 4;
+
+template <class Shared, class Program>
+void run_host_concurrently(int64_t blocks, Program program) {
+  std::atomic<int64_t> started{0};
+  std::exception_ptr failure;
+  std::mutex failure_lock;
+  std::vector<std::thread> workers;
+  for (int w = 0; w < kHostChainWorkers && w < blocks; ++w)
+    workers.emplace_back([&] {
+      try {
+        auto shared = std::make_unique<Shared>();
+        while (started.fetch_add(1) < blocks) program(Block{0, 0, 0}, *shared);
+      } catch (...) {
+        const std::lock_guard<std::mutex> hold(failure_lock);
+        if (!failure) failure = std::current_exception();
+      }
+    });
+  for (auto& worker : workers) worker.join();
+  if (failure) std::rethrow_exception(failure);
+}
+
 struct NoShared {};
 
 template <typename T>
@@ -1336,7 +1376,7 @@ void run_host(const ScanParams& p) {
       chunk_cb_block<T>(p, b, sm);
     });
     std::memset(chain_words(p), 0, chain_bytes(p));
-    run_host_grid<TcStateShared<T>>(g.state, [&](const Block& b, TcStateShared<T>& sm) {
+    run_host_concurrently<TcStateShared<T>>(g.state.x, [&](const Block& b, TcStateShared<T>& sm) {
       tc_chunk_state_chain_block<T>(p, b, sm);
     });
   }

@@ -606,6 +606,27 @@ def test_cuda_code_on_cpu_through_the_op_directly():
         torch.ops.star_elastic._ssd_scan(*args[:14], torch.zeros(2, dtype=torch.int32), *args[15:])
 
 
+
+@needs_host_op
+def test_cuda_state_chain_over_many_chunks_with_concurrent_blocks():
+    """The CPU impl runs the chunk-state blocks on several threads at once, so their waits are
+    real: 100 chunks of packed sequences (one of a single token) hand their states on in whatever
+    interleaving the threads take, and every output and final state is the oracle's (a block
+    that read its entering state before it was handed on would be off by ~1e-3 here)."""
+    k, p, Np, L, chunk = 2, 16, 16, 800, 8
+    a = scan_inputs(1, L, 2, p, 1, Np, seed=35)
+    cu = torch.tensor([0, 300, 301, L])
+    init = torch.randn(3, 2, p, Np, generator=torch.Generator().manual_seed(4))
+    kw = dict(D=a["D"], dt_bias=a["dt_bias"], dt_softplus=True, initial_states=init, cu_seqlens=cu)
+    for _ in range(3):
+        y, finals = host_scan(a["x"], a["dt"], a["A"], a["B"], a["C"], chunk_size=chunk, k=k, p=p,
+                              **kw)
+        want_y, want_finals = sequential_scan(a["x"], a["dt"], a["A"], a["B"], a["C"],
+                                              heads_per_group=k, **kw)
+        torch.testing.assert_close(y.double(), want_y, atol=2e-5, rtol=2e-5)
+        torch.testing.assert_close(finals.double(), want_finals, atol=2e-5, rtol=2e-5)
+    check_device_errors("cpu")
+
 # --- property test -------------------------------------------------------------------------------
 
 
