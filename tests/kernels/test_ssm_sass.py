@@ -162,7 +162,7 @@ def test_the_scalar_scan_kernels_are_gone(ssm_kernels):
 def test_the_chunk_state_kernel_passes_the_states_itself(ssm_kernels):
     """Chunk states fused with the state passing: no state-passing kernel is built; every chunk
     state instantiation takes its ticket with a global atomic, waits with an acquire load at GPU
-    scope (then drops its stale L1 lines) and publishes with a release store."""
+    scope (then drops its stale L1 lines) and publishes with a release store after a barrier."""
     assert not [n for n in ssm_kernels if "state_passing" in n]
     found = _found(ssm_kernels, "tc_chunk_state_kernel", lambda n: True)
     assert len(found) == 3, sorted(found)  # fp32, fp16, bf16
@@ -173,4 +173,6 @@ def test_the_chunk_state_kernel_passes_the_states_itself(ssm_kernels):
         assert _count(ops, "CCTL.IVALL"), name  # the acquire invalidates L1
         assert _count(ops, "STG.E.STRONG.GPU"), name  # st.release.gpu
         assert _count(ops, "NANOSLEEP"), name  # the wait backs off
+        # one fence per hand-off, the release's (not one per thread: __threadfence is MEMBAR.SC)
+        assert _count(ops, "MEMBAR") == 1 and not _count(ops, "MEMBAR.SC"), name
         _no_spills(name, k)
