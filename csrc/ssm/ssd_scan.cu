@@ -228,11 +228,11 @@ __host__ __device__ __forceinline__ int64_t state_tiles_n(const ScanParams& p) {
 }
 
 // The flag of the state entering (chunk, head) at state tile (p tile, N tile); word 0 is the
-// ticket counter.
+// ticket counter, word 1 this launch's stall word.
 __host__ __device__ __forceinline__ unsigned* chain_flag(const ScanParams& p, int64_t chunk,
                                                          int64_t head, int64_t p_tile,
                                                          int64_t n_tile) {
-  return chain_words(p) + 1 +
+  return chain_words(p) + 2 +
          ((chunk * p.active_heads + head) * state_tiles_p(p) + p_tile) * state_tiles_n(p) + n_tile;
 }
 
@@ -249,30 +249,53 @@ __host__ __device__ __forceinline__ unsigned take_ticket(unsigned* counter) {
 // a bug in the chain, reported through the error word instead of a hang.
 constexpr uint64_t kChainWaitLimitNs = 1000000000ull;
 
+// A wait of this launch has timed out: from then on no block of it waits any longer, so a broken
+// chain costs one time limit, not one per chunk (word 1 of the chain words, zeroed per launch).
+__host__ __device__ __forceinline__ bool chain_stalled(const unsigned* stall_word) {
+#ifdef __CUDA_ARCH__
+  unsigned v;
+  asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(stall_word) : "memory");
+#else
+  const unsigned v = __atomic_load_n(stall_word, __ATOMIC_RELAXED);
+#endif
+  return v != 0u;
+}
+
+__host__ __device__ __forceinline__ void report_stall(unsigned* stall_word, int32_t* errors) {
+#ifdef __CUDA_ARCH__
+  atomicExch(stall_word, 1u);
+  atomicOr(errors, kErrorScanChainStalled);
+#else
+  __atomic_store_n(stall_word, 1u, __ATOMIC_RELAXED);
+  __atomic_fetch_or(errors, kErrorScanChainStalled, __ATOMIC_RELAXED);
+#endif
+}
+
 // Wait until `flag` is set (acquire: what its publisher wrote before setting it is visible to
 // this thread, and to the block after the barrier that follows).
-__host__ __device__ __forceinline__ void wait_published(const unsigned* flag, int32_t* errors) {
+__host__ __device__ __forceinline__ void wait_published(const unsigned* flag, unsigned* stall_word,
+                                                        int32_t* errors) {
 #ifdef __CUDA_ARCH__
   uint64_t start, now;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
   for (;;) {
     unsigned v;
     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
-    if (v != 0u) break;
+    if (v != 0u || chain_stalled(stall_word)) break;
     __nanosleep(64);
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
     if (now - start > kChainWaitLimitNs) {
-      detail::raise_error(errors, kErrorScanChainStalled);
+      report_stall(stall_word, errors);
       break;
     }
   }
 #else  // the host runs the chunk-state blocks on several threads at once (run_host_concurrently)
   const auto start = std::chrono::steady_clock::now();
-  while (__atomic_load_n(flag, __ATOMIC_ACQUIRE) == 0u) {
+  while (__atomic_load_n(flag, __ATOMIC_ACQUIRE) == 0u && !chain_stalled(stall_word)) {
     std::this_thread::yield();
     if (std::chrono::steady_clock::now() - start >
         std::chrono::nanoseconds(10 * kChainWaitLimitNs)) {
-      detail::raise_error(errors, kErrorScanChainStalled);
+      report_stall(stall_word, errors);
       break;
     }
   }
@@ -1006,7 +1029,7 @@ SSD_UNROLL
     // the chain (section 3): h_in from the chunk before (or the initial state), h_out onwards
     if (!sequence.first)
       blk.phase([&](int t) {
-        if (t == 0) wait_published(chain_flag(p, chunk, head, blk.y, blk.z), p.errors);
+        if (t == 0) wait_published(chain_flag(p, chunk, head, blk.y, blk.z), chain_words(p) + 1, p.errors);
       });
     const float decay = expf(total);
     float* entering = ws_state(p, chunk, head);

@@ -87,7 +87,8 @@ constexpr int64_t kScanStateTile = 64;
 // the state entering every (chunk, head), (p, N) each, and C.B^T once per
 // (chunk, group), Q x Q rows of an even pitch so the chunk scan reads it in 8-byte pairs; the
 // C.B^T block starts 16-byte aligned. Then 32-bit words the launch zeroes: the chunk-state blocks'
-// ticket counter and one "published" flag per (chunk, head, p tile, N tile) of the state chain.
+// ticket counter, this launch's "a chain stalled" word, and one "published" flag per (chunk,
+// head, p tile, N tile) of the state chain.
 // __host__ __device__: the kernels address the workspace with the same functions the launchers
 // size it with.
 __host__ __device__ inline int64_t ssd_scan_cb_pitch(int64_t chunk_size) {
@@ -109,7 +110,7 @@ __host__ __device__ inline int64_t ssd_scan_flag_words(int64_t num_chunks, int64
                                                        int64_t head_dim, int64_t state_size) {
   const int64_t tiles = (head_dim + kScanStateTile - 1) / kScanStateTile *
                         ((state_size + kScanStateTile - 1) / kScanStateTile);
-  return 1 + num_chunks * active_heads * tiles;
+  return 2 + num_chunks * active_heads * tiles;
 }
 __host__ __device__ inline int64_t ssd_scan_workspace_floats(int64_t num_chunks,
                                                              int64_t active_heads, int64_t groups,

@@ -68,11 +68,12 @@ def workspace_floats(chunks: int, heads: int, groups: int, head_dim: int, state_
     """fp32 scratch of the CUDA forward, as ``ssd_scan_workspace_floats`` in csrc/ssm/ssd_scan.h
     (the op checks it): dt and cumsum per (chunk, head, token), the entering state per (chunk,
     head), then, 16-byte aligned, C.B^T per (chunk, group) in rows of an even pitch, then the
-    state chain's words (a ticket counter and a flag per (chunk, head, 64 x 64 state tile))."""
+    state chain's words (a ticket counter, a stall word and a flag per (chunk, head, 64 x 64 state
+    tile))."""
     pitch = (chunk + 1) // 2 * 2
     offset = (chunks * heads * (2 * chunk + head_dim * state_size) + 3) // 4 * 4
     tiles = -(-head_dim // STATE_TILE) * -(-state_size // STATE_TILE)
-    return offset + chunks * groups * pitch * pitch + 1 + chunks * heads * tiles
+    return offset + chunks * groups * pitch * pitch + 2 + chunks * heads * tiles
 
 
 def _cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, bounds, chunk_size, dt_softplus,

@@ -3,6 +3,7 @@ SSD, sliced copies (nesting), separate runs (varlen), and their own continuation
 opcheck, torch.compile, bad inputs and a property test."""
 
 import os
+import time
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from star_elastic_kernels import _backends, _extension
 from star_elastic_kernels.ssm import check_device_errors
 from star_elastic_kernels.ssm import scan as scan_module
 from star_elastic_kernels.ssm._chunks import chunk_tables, packed_bounds
+from star_elastic_kernels.ssm._device_checks import SCAN_CHAIN_STALLED
 from tests.helpers import backend_cases
 from tests.kernels.ssm_cases import (
     import_mamba_oracles,
@@ -608,6 +610,28 @@ def test_cuda_code_on_cpu_through_the_op_directly():
 
 
 @needs_host_op
+@pytest.mark.slow
+def test_cuda_state_chain_reports_a_stall_instead_of_hanging():
+    """A chain whose predecessor never hands on (here: a chunk table that puts a padding chunk,
+    whose blocks leave at once, inside a sequence) sets the stall bit of the error word after the
+    time limit (10 s on the host, 1 s on a GPU) and the launch ends; later waits of the same
+    launch give up at once instead of each timing out."""
+    a = scan_inputs(1, 16, H, P, G, N, seed=36)
+    chunk_table = torch.tensor([[0, 0, 0], [0, 8, 8], [8, 0, 8]])  # chunk 1 is padding
+    seq_table = torch.tensor([[0], [3]])  # ... yet the sequence has all three
+    y, final = torch.empty_like(a["x"]), torch.empty(1, H, P, N)
+    workspace = torch.zeros(scan_module.workspace_floats(3, H, G, P, N, 8))
+    errors = torch.zeros(1, dtype=torch.int32)
+    start = time.monotonic()
+    torch.ops.star_elastic._ssd_scan(a["x"], a["dt"], a["A"], a["B"], a["C"], None, None, None,
+                                     None, chunk_table, seq_table, y, final, workspace, errors,
+                                     8, H // G, False, 0.0, float("inf"))
+    assert errors.item() == SCAN_CHAIN_STALLED
+    assert time.monotonic() - start < 60  # one time limit, not one per waiting block and head
+    chunks, tiles = 3, 1
+    assert workspace[-(2 + chunks * H * tiles):].view(torch.int32)[1] == 1  # the stall word
+
+@needs_host_op
 def test_cuda_state_chain_over_many_chunks_with_concurrent_blocks():
     """The CPU impl runs the chunk-state blocks on several threads at once, so their waits are
     real: 100 chunks of packed sequences (one of a single token) hand their states on in whatever
@@ -652,13 +676,14 @@ def test_cuda_state_chain_takes_every_ticket_and_publishes_each_entering_state_o
                                      chunk, k, False, 0.0, float("inf"))
     assert errors.item() == 0
     tiles = 2 * 2  # ceil(80 / 64) x ceil(70 / 64)
-    words = workspace[-(1 + chunks * Hb * tiles):].view(torch.int32)
+    words = workspace[-(2 + chunks * Hb * tiles):].view(torch.int32)
     assert words[0] == chunks * Gb * tiles  # one ticket per block, taken from a zeroed counter
+    assert words[1] == 0  # no wait timed out
     firsts = {int(f) for f, c in zip(*seq_table) if c > 0}
     real = chunk_table[2] > 0
     want = torch.tensor([[int(bool(real[c]) and c not in firsts)] * tiles for c in range(chunks)
                          for _ in range(Hb)], dtype=torch.int32).flatten()
-    assert torch.equal(words[1:], want)
+    assert torch.equal(words[2:], want)
     # the entering state of every real chunk: the oracle's final state of the tokens before it
     state_at = 2 * chunks * Hb * chunk
     entering = workspace[state_at:state_at + chunks * Hb * p * Np].view(chunks, Hb, p, Np)
