@@ -454,7 +454,7 @@ void gated_rmsnorm_cpu(const at::Tensor& y, const std::optional<at::Tensor>& z,
                                                     norm_before_gate, false));
 }
 
-// ssd_scan (chunked SSD forward): one params builder for the CUDA impl (four kernel launches) and
+// ssd_scan (chunked SSD forward): one params builder for the CUDA impl (its kernel launches) and
 // the CPU impl (the same per-thread code run over the grid on the host; see csrc/ssm/ssd_scan.h).
 
 ssm::ScanParams make_ssd_scan_params(
@@ -612,8 +612,8 @@ void ssd_scan_cpu(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A
                   int64_t heads_per_group, bool dt_softplus, double dt_min, double dt_max) {
   ssm::ssd_scan_host(make_ssd_scan_params(x, dt, A, B, C, D, z, dt_bias, initial_states,
                                           chunk_table, seq_table, y, final_states, workspace,
-                                          errors, chunk_size, heads_per_group, dt_softplus, dt_min, dt_max,
-                                          false));
+                                          errors, chunk_size, heads_per_group, dt_softplus,
+                                          dt_min, dt_max, false));
 }
 
 }  // namespace
@@ -633,8 +633,7 @@ TORCH_LIBRARY_FRAGMENT(star_elastic, m) {
   m.def("_ssd_scan(Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "
         "Tensor? dt_bias, Tensor? initial_states, Tensor chunk_table, Tensor seq_table, "
         "Tensor(a!) y, Tensor(b!) final_states, Tensor(c!) workspace, Tensor(d!) errors, "
-        "int chunk_size, "
-        "int heads_per_group, bool dt_softplus, float dt_min, float dt_max) -> ()");
+        "int chunk_size, int heads_per_group, bool dt_softplus, float dt_min, float dt_max) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(star_elastic, CUDA, m) {

@@ -47,17 +47,17 @@
 
 #include "ssm/float_access.cuh"
 
-#include <cmath>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
-#include <vector>
-#include <memory>
 #include <type_traits>
+#include <vector>
 
 namespace star_elastic::ssm {
 namespace {
@@ -1029,7 +1029,8 @@ SSD_UNROLL
     // the chain (section 3): h_in from the chunk before (or the initial state), h_out onwards
     if (!sequence.first)
       blk.phase([&](int t) {
-        if (t == 0) wait_published(chain_flag(p, chunk, head, blk.y, blk.z), chain_words(p) + 1, p.errors);
+        if (t == 0)
+          wait_published(chain_flag(p, chunk, head, blk.y, blk.z), chain_words(p) + 1, p.errors);
       });
     const float decay = expf(total);
     float* entering = ws_state(p, chunk, head);

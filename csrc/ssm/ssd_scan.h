@@ -27,8 +27,10 @@
 // activation dtype for the MMA.
 //
 // ssd_scan_host() runs the very same per-thread code on the CPU (block by block, barrier phase by
-// barrier phase, thread by thread, shared memory a host array). It verifies the arithmetic and the
-// indexing of the kernels, not the launch, the warp scheduling or the timing.
+// barrier phase, thread by thread, shared memory a host array; the chunk-state blocks, which wait
+// for each other, on several host threads at once). It verifies the arithmetic, the indexing and
+// the chain's hand-offs of the kernels, not the launch, the warp scheduling, the GPU's memory
+// ordering or the timing.
 #pragma once
 
 #include <cstdint>
