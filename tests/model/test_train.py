@@ -249,14 +249,36 @@ def test_soft_mask_training_run_lowers_every_budgets_loss_and_trains_the_router(
     assert set(trainer.trained_budgets()) == {"full", "70%", "45%"}
 
 
-def test_every_stage_draws_whole_samples_and_the_short_stage_only_short_ones(tmp_path):
-    """No stage cuts a sample: every drawn sequence keeps its </think>, its answer and <eos>, and
-    the answer is the problem's sum (so nothing inside was cut either)."""
-    config, teacher, student = toy_teacher_and_student(0)
+def short_and_long_problems():
+    """(tokenizer, tokens (80, 72), mask): 40 one-digit and 40 three-to-four-digit additions,
+    whole, padded to 72."""
     tokenizer = data.load_tokenizer("char")
     examples = (data.arithmetic_examples(40, min_digits=1, max_digits=1, seed=3)
                 + data.arithmetic_examples(40, min_digits=3, max_digits=4, seed=4))
     tokens, mask = data.encode_batch(tokenizer, [e.text for e in examples], 72, truncate=False)
+    return tokenizer, tokens, mask
+
+
+def two_stage_trainer(tmp_path, batch_size: int):
+    """(teacher, student, tokens, mask, budgets, train config, trainer): fixed budgets "full" and
+    "half" distilled over one short step (sequences <= 27 tokens) and one long step (all)."""
+    config, teacher, student = toy_teacher_and_student(0)
+    _, tokens, mask = short_and_long_problems()
+    budgets = {"full": Budget(), "half": Budget(mlp_width=config.mlp_intermediate_size // 2)}
+    train_config = TrainConfig(
+        stages=[Stage("short", 1, 27, batch_size), Stage("long", 1, 72, batch_size)],
+        budget_names=tuple(budgets), budget_targets=(1.0, 0.5), out_dir=str(tmp_path),
+        progress=False)
+    trainer = ElasticDistillationTrainer(teacher, student, None, tokens, mask, train_config,
+                                         budgets=budgets)
+    return teacher, student, tokens, mask, budgets, train_config, trainer
+
+
+def test_every_stage_draws_whole_samples_and_the_short_stage_only_short_ones(tmp_path):
+    """No stage cuts a sample: every drawn sequence keeps its </think>, its answer and <eos>, and
+    the answer is the problem's sum (so nothing inside was cut either)."""
+    config, teacher, student = toy_teacher_and_student(0)
+    tokenizer, tokens, mask = short_and_long_problems()
     train_config = TrainConfig(
         stages=[Stage("short", 3, 27, 16), Stage("long", 3, 72, 16, (0.5, 0.3, 0.2))],
         budget_names=("full", "70%", "45%"), budget_targets=(1.0, 0.7, 0.45),
@@ -285,17 +307,7 @@ def test_every_stage_draws_whole_samples_and_the_short_stage_only_short_ones(tmp
 def test_later_stages_log_the_kd_of_the_rows_the_first_stage_also_had(tmp_path):
     """kd_short/<budget> is the mean per-sample KD over the batch's rows that fit the first stage,
     recomputed here from the student before the step; the first stage logs none."""
-    config, teacher, student = toy_teacher_and_student(0)
-    tokenizer = data.load_tokenizer("char")
-    examples = (data.arithmetic_examples(40, min_digits=1, max_digits=1, seed=3)
-                + data.arithmetic_examples(40, min_digits=3, max_digits=4, seed=4))
-    tokens, mask = data.encode_batch(tokenizer, [e.text for e in examples], 72, truncate=False)
-    budgets = {"full": Budget(), "half": Budget(mlp_width=config.mlp_intermediate_size // 2)}
-    train_config = TrainConfig(stages=[Stage("short", 1, 27, 16), Stage("long", 1, 72, 16)],
-                               budget_names=tuple(budgets), budget_targets=(1.0, 0.5),
-                               out_dir=str(tmp_path), progress=False)
-    trainer = ElasticDistillationTrainer(teacher, student, None, tokens, mask, train_config,
-                                         budgets=budgets)
+    teacher, student, _, _, budgets, train_config, trainer = two_stage_trainer(tmp_path, 16)
     first = trainer.train_step()
     assert not any(key.startswith("kd_short/") for key in first)
     batch_tokens, batch_mask, budget_ids, _, short_rows = trainer._batch(1, 0)
@@ -328,17 +340,7 @@ def test_a_row_carries_the_same_kd_in_either_stage(tmp_path):
     stage, drawn by the long stage beside a long row (padded to its length), give the objective
     the same per-sample KD, so at the switch only the long rows (new data) change the logged KD.
     A stage that cut its rows (the old first stage's truncation) would fail this."""
-    config, teacher, student = toy_teacher_and_student(0)
-    tokenizer = data.load_tokenizer("char")
-    examples = (data.arithmetic_examples(40, min_digits=1, max_digits=1, seed=3)
-                + data.arithmetic_examples(40, min_digits=3, max_digits=4, seed=4))
-    tokens, mask = data.encode_batch(tokenizer, [e.text for e in examples], 72, truncate=False)
-    budgets = {"full": Budget(), "half": Budget(mlp_width=config.mlp_intermediate_size // 2)}
-    train_config = TrainConfig(stages=[Stage("short", 1, 27, 8), Stage("long", 1, 72, 8)],
-                               budget_names=tuple(budgets), budget_targets=(1.0, 0.5),
-                               out_dir=str(tmp_path), progress=False)
-    trainer = ElasticDistillationTrainer(teacher, student, None, tokens, mask, train_config,
-                                         budgets=budgets)
+    _, _, tokens, mask, _, train_config, trainer = two_stage_trainer(tmp_path, 8)
     short_tokens, short_mask, budget_ids, stage, _ = trainer._batch(0, 0)
     assert stage.name == "short" and short_tokens.shape[1] < 72
     long_row = int(mask.sum(1).argmax())
