@@ -609,6 +609,12 @@ def test_cuda_code_on_cpu_through_the_op_directly():
 
 
 
+def chain_words(workspace, chunks, heads, tiles):
+    """The state chain's int32 words at the end of the CUDA forward's workspace (ssd_scan.h): the
+    ticket counter, the launch's stall word, then a flag per (chunk, head, state tile)."""
+    return workspace[-(2 + chunks * heads * tiles):].view(torch.int32)
+
+
 @needs_host_op
 @pytest.mark.slow
 def test_cuda_state_chain_reports_a_stall_instead_of_hanging():
@@ -629,7 +635,7 @@ def test_cuda_state_chain_reports_a_stall_instead_of_hanging():
     assert errors.item() == SCAN_CHAIN_STALLED
     assert time.monotonic() - start < 60  # one time limit, not one per waiting block and head
     chunks, tiles = 3, 1
-    assert workspace[-(2 + chunks * H * tiles):].view(torch.int32)[1] == 1  # the stall word
+    assert chain_words(workspace, chunks, H, tiles)[1] == 1  # the stall word
 
 @needs_host_op
 def test_cuda_state_chain_over_many_chunks_with_concurrent_blocks():
@@ -676,7 +682,7 @@ def test_cuda_state_chain_takes_every_ticket_and_publishes_each_entering_state_o
                                      chunk, k, False, 0.0, float("inf"))
     assert errors.item() == 0
     tiles = 2 * 2  # ceil(80 / 64) x ceil(70 / 64)
-    words = workspace[-(2 + chunks * Hb * tiles):].view(torch.int32)
+    words = chain_words(workspace, chunks, Hb, tiles)
     assert words[0] == chunks * Gb * tiles  # one ticket per block, taken from a zeroed counter
     assert words[1] == 0  # no wait timed out
     firsts = {int(f) for f, c in zip(*seq_table) if c > 0}
