@@ -1,7 +1,8 @@
 """Mamba-2 SSM ops at Nemotron shapes: our kernels against mamba-ssm on the same data, same run.
 
 Prefill (``ssd_scan``, bf16, chunk 128): Nemotron Nano v3 (H=64, P=64, N=128, G=8) at 8k and 32k
-tokens and Nano v2 (H=128, P=80) at 8k, at 100 / 75 / 50 % heads per group (head_dim kept). The
+tokens and in 4 rows of 8k (a batch, whose rows' state chains are independent), and Nano v2
+(H=128, P=80) at 8k, at 100 / 75 / 50 % heads per group (head_dim kept). The
 baseline is ``mamba_chunk_scan_combined`` on the same compact activations with the parameters
 gathered at the active heads (what a caller of mamba-ssm would have to do); "triton-bf16-states"
 keeps the per-chunk states in bf16 (``chunk_states_dtype``). Our Triton row also
@@ -29,7 +30,7 @@ import torch
 import star_elastic_kernels as sek
 
 SHAPES = {"nano-v3": dict(H=64, P=64, N=128, G=8), "nano-v2": dict(H=128, P=80, N=128, G=8)}
-PREFILL = [("nano-v3", 8192), ("nano-v3", 32768), ("nano-v2", 8192)]
+PREFILL = [("nano-v3", 1, 8192), ("nano-v3", 1, 32768), ("nano-v3", 4, 8192), ("nano-v2", 1, 8192)]
 WIDTHS = [1.0, 0.75, 0.5]
 
 
@@ -44,17 +45,18 @@ def _do_bench(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def _prefill_data(shape: str, tokens: int, width: float):
+def _prefill_data(shape: str, rows: int, tokens: int, width: float):
     s = SHAPES[shape]
     H, P, N, G = s["H"], s["P"], s["N"], s["G"]
     k = int(H // G * width)
     g = torch.Generator(device="cuda").manual_seed(0)
     r = lambda *size: torch.randn(*size, device="cuda", generator=g)  # noqa: E731
     heads = (torch.arange(G, device="cuda")[:, None] * (H // G) + torch.arange(k, device="cuda")).reshape(-1)
-    data = dict(x=r(1, tokens, G * k, P).bfloat16(), dt=r(1, tokens, G * k).bfloat16(),
-                A=-torch.rand(H, device="cuda", generator=g) - 0.5, B=r(1, tokens, G, N).bfloat16(),
-                C=r(1, tokens, G, N).bfloat16(), D=r(H), dt_bias=r(H))
-    floor = tokens * (G * k * P * 2 * 2 + G * k * 2 + 2 * G * N * 2)  # x, y, dt, B, C
+    data = dict(x=r(rows, tokens, G * k, P).bfloat16(), dt=r(rows, tokens, G * k).bfloat16(),
+                A=-torch.rand(H, device="cuda", generator=g) - 0.5,
+                B=r(rows, tokens, G, N).bfloat16(), C=r(rows, tokens, G, N).bfloat16(), D=r(H),
+                dt_bias=r(H))
+    floor = rows * tokens * (G * k * P * 2 * 2 + G * k * 2 + 2 * G * N * 2)  # x, y, dt, B, C
     return data, heads, k, floor
 
 
@@ -74,22 +76,23 @@ def _theirs(d, heads):
                                                       dt_bias=dt_bias, dt_softplus=True)
 
 
-@pytest.mark.parametrize("shape,tokens", PREFILL, ids=[f"{s}-{t // 1024}k" for s, t in PREFILL])
+@pytest.mark.parametrize("shape,rows,tokens", PREFILL,
+                         ids=[f"{s}-{'' if b == 1 else f'{b}x'}{t // 1024}k" for s, b, t in PREFILL])
 @pytest.mark.parametrize("width", WIDTHS, ids=[f"{int(w * 100)}pct" for w in WIDTHS])
 @pytest.mark.parametrize("provider", ["triton", "triton-bf16-states", "cuda", "mamba-ssm"])
-def test_ssd_scan_prefill(gpu_bench, benchmark, shape, tokens, width, provider):
-    benchmark.group = f"ssd_scan[{shape}, {tokens} tokens, bf16]"
-    d, heads, k, floor = _prefill_data(shape, tokens, width)
+def test_ssd_scan_prefill(gpu_bench, benchmark, shape, rows, tokens, width, provider):
+    benchmark.group = f"ssd_scan[{shape}, {rows} x {tokens} tokens, bf16]"
+    d, heads, k, floor = _prefill_data(shape, rows, tokens, width)
     fn = _theirs(d, heads) if provider == "mamba-ssm" else _ours(d, k, provider)
     ms = gpu_bench(fn, bytes_moved=floor, floor_bytes=floor)
-    benchmark.extra_info.update(heads_per_group=k, width=width, tokens=tokens)
+    benchmark.extra_info.update(heads_per_group=k, width=width, rows=rows, tokens=tokens)
     if provider != "mamba-ssm":
         try:
             benchmark.extra_info["speedup_vs_mamba"] = _do_bench(_theirs(d, heads)) / ms
         except pytest.skip.Exception:
             benchmark.extra_info["speedup_vs_mamba"] = None
         if width != 1.0:
-            full, _, k_full, _ = _prefill_data(shape, tokens, 1.0)
+            full, _, k_full, _ = _prefill_data(shape, rows, tokens, 1.0)
             benchmark.extra_info["time_vs_full_width"] = ms / _do_bench(_ours(full, k_full, provider))
 
 

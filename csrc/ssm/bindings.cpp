@@ -576,6 +576,9 @@ ssm::ScanParams make_ssd_scan_params(
   p.errors = error_word(errors, x, cuda);
   p.num_chunks = chunks;
   p.num_seqs = seqs;
+  p.chain_rows = x.size(0) > 1 ? x.size(0) : 1;  // batched rows; packed sequences have batch 1
+  TORCH_CHECK(chunks % p.chain_rows == 0,
+              "chunk_table must hold the same number of chunks for every batch row of x");
   p.active_heads = heads;
   p.heads_per_group = heads_per_group;
   p.parent_heads_per_group = A.size(0) / groups;

@@ -7,8 +7,8 @@
 // is a struct (dynamic shared memory on the device, a heap object on the host). So the CPU build
 // runs exactly the per-thread code of the kernels, which is how the tests check it without a GPU;
 // it says nothing about the launch, warp scheduling or speed. Blocks run one after another,
-// except the chunk-state kernel's, which wait for each other (section 3): several host threads
-// run those at once.
+// except those of the chunk kernel, which wait for each other (sections 3 and 5): several host
+// threads run those at once.
 //
 // Kernels (128 threads each; 64-bit offsets throughout):
 //  1. cumsum_kernel, one block per (chunk, head): processed dt and the inclusive cumsum of dt*A over
@@ -22,17 +22,20 @@
 // tile's copy overlaps the current MMAs; each warp owns a 16 x 64 output tile:
 //  1b. chunk_cb_kernel, per (chunk, group, 64 rows t, 64 columns s <= t): C.B^T in fp32 to the
 //     workspace, once per group: every head of the group reads it, none recomputes it.
-//  2. tc_chunk_state_kernel, per (chunk, group, 64 channels, 64 state entries), the group's heads
+//  2 + 4. tc_chunk_kernel, one launch for the chunk states and the chunk scan (section 5): its
+//     blocks take tickets that name either block, chunk by chunk, a chunk's states first.
+//  2. Chunk-state block, per (chunk, group, 64 channels, 64 state entries), the group's heads
 //     in turn over B staged once: the chunk's own state of each head
 //     S[p, n] = sum_t x[t, p] exp(cum_end - cum_t) dt_t B[t, n]; x and B are token-major,
 //     so both fragments come transposed, and the decay scales the x fragment in registers before
 //     it is rounded back to 16 bits (or split into tf32 parts). Fused with the state passing
 //     (section 3): S stays in registers, the block waits for the state entering its chunk,
 //     published by the previous chunk's block, and publishes exp(cum_end) h_in + S for the next
-//     chunk (the final state after a sequence's last chunk). Its blocks take tickets, chunk-major,
-//     so a block waits only for blocks that have started.
-//  4. tc_chunk_scan_kernel, per (chunk, group, 64 channels, 64 tokens), the group's heads in turn
-//     over C staged once (N <= 256): y = exp(cum_t) C_t h_in
+//     chunk (the final state after a sequence's last chunk). A block waits only for blocks with
+//     smaller tickets, which have started.
+//  4. Chunk-scan block, per (chunk, group, 64 channels, 64 tokens), the group's heads in turn
+//     over C staged once (N <= 256): waits for the state entering the chunk, then
+//     y = exp(cum_t) C_t h_in
 //     (the fp32 entering state rounded to 16 bits when staged, kept fp32 for fp32 activations)
 //     + sum_{s<=t} CB[t, s] exp(cum_t - cum_s) dt_s x_s, the decayed masked CB fragment built in
 //     registers from the workspace; each warp stops at its own last row (causal skip); then D x
@@ -202,15 +205,16 @@ __host__ __device__ __forceinline__ void cumsum_block(const ScanParams& p, const
 // The state entering chunk c + 1 is exp(total_c) h_c + S_c, S_c the chunk's own contribution. The
 // chunk-state block of (chunk c, head, tile) keeps S_c in registers, waits until the block of chunk
 // c - 1 has published h_c (global memory, then its flag), writes h_{c+1} and publishes it in turn;
-// the first chunk of a sequence starts from the initial state, the last writes the final state.
-// Only the entering states travel through global memory (once written, once read by the next
-// block from L2, once by the chunk scan); the chunks' own states never leave the chip.
+// the first chunk of a sequence starts from the initial state (and publishes it as its entering
+// state, for the chunk scan), the last writes the final state. Only the entering states travel
+// through global memory (once written, once read by the next block and once by the chunk scan,
+// both from L2); the chunks' own states never leave the chip.
 //
 // Forward progress without relying on the order in which the hardware starts blocks: every block
 // first takes a ticket (an atomic counter the launch zeroes) and works on the tile the ticket
-// names, tickets chunk-major. A block only ever waits for a smaller ticket, whose block has started
-// (it took that ticket) and itself waits only for smaller ones, so the smallest unfinished ticket
-// always runs to its end. On the host several threads run the blocks at once
+// names, tickets chunk by chunk (section 5). A block only ever waits for a smaller ticket, whose
+// block has started (it took that ticket) and itself waits only for smaller ones, so the smallest
+// unfinished ticket always runs to its end. On the host several threads run the blocks at once
 // (run_host_concurrently), so there the waits are real too.
 
 __host__ __device__ __forceinline__ unsigned* chain_words(const ScanParams& p) {
@@ -302,14 +306,19 @@ __host__ __device__ __forceinline__ void wait_published(const unsigned* flag, un
 #endif
 }
 
-// Set `flag` (release at GPU scope), by thread 0 after a barrier: the barrier orders every
-// thread's stores before thread 0's release, so whoever acquires the flag sees all the block
-// wrote (the pattern of CUTLASS's GenericBarrier: one fence, not one per thread).
-__host__ __device__ __forceinline__ void publish(unsigned* flag) {
+// Set `flag` and, unless null, `also` (release at GPU scope), by thread 0 after a barrier: the
+// barrier orders every thread's stores before thread 0's fence, so whoever acquires either flag
+// sees all the block wrote (the pattern of CUTLASS's GenericBarrier: one fence, not one per thread
+// or per flag; a fence.acq_rel followed by strong stores is a release pattern of the PTX model).
+__host__ __device__ __forceinline__ void publish(unsigned* flag, unsigned* also) {
 #ifdef __CUDA_ARCH__
-  asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(flag), "r"(1u) : "memory");
+  asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
+  asm volatile("st.relaxed.gpu.global.u32 [%0], %1;\n" ::"l"(flag), "r"(1u) : "memory");
+  if (also != nullptr)
+    asm volatile("st.relaxed.gpu.global.u32 [%0], %1;\n" ::"l"(also), "r"(1u) : "memory");
 #else
   __atomic_store_n(flag, 1u, __ATOMIC_RELEASE);
+  if (also != nullptr) __atomic_store_n(also, 1u, __ATOMIC_RELEASE);
 #endif
 }
 
@@ -948,7 +957,6 @@ static_assert(kTcTile == kScanStateTile, "a chunk-state block covers one tile of
 
 template <typename T>
 struct TcStateShared {
-  unsigned ticket;                                    // the block's work (section 3)
   float w[kMaxChunk];                                 // exp(cum_end - cum_t) * dt_t, 0 past the chunk
   alignas(16) T b[kStateTiles][kTcTile][kPitch<T>];  // B (t, n) of the chunk, 64 tokens a tile
   alignas(16) T x[2][kTcTile][kPitch<T>];            // x (t, p) of one 64-token step of one head
@@ -1049,27 +1057,19 @@ SSD_UNROLL
                      }
                      leaving[at] = decay * h_in + own;
                    });
-    if (!sequence.last) {
-      blk.phase([](int) {});  // every thread's h_out stores before thread 0's release
+    // the chunk scan of this chunk waits for the state entering it (a sequence's first chunk
+    // publishes its own, the initial state), the next chunk's blocks for the one leaving it
+    if (sequence.first || !sequence.last) {
+      blk.phase([](int) {});  // every thread's stores before thread 0's release
       blk.each([&](int t) {
-        if (t == 0) publish(chain_flag(p, chunk + 1, head, blk.y, blk.z));
+        if (t != 0) return;
+        unsigned* entering_flag = chain_flag(p, chunk, head, blk.y, blk.z);
+        unsigned* leaving_flag = chain_flag(p, chunk + 1, head, blk.y, blk.z);
+        publish(sequence.first ? entering_flag : leaving_flag,
+                sequence.first && !sequence.last ? leaving_flag : nullptr);
       });
     }
   }
-}
-
-// The chunk-state kernel's block: its work is the tile its ticket names (section 3), tickets
-// chunk-major: ticket = (chunk * G + group) * (p tiles * N tiles) + p tile * N tiles + N tile.
-template <typename T>
-__host__ __device__ __forceinline__ void tc_chunk_state_chain_block(const ScanParams& p,
-                                                                    const Block& blk,
-                                                                    TcStateShared<T>& sm) {
-  blk.phase([&](int t) {
-    if (t == 0) sm.ticket = take_ticket(chain_words(p));
-  });
-  const int64_t ticket = sm.ticket, tiles = state_tiles_p(p) * state_tiles_n(p);
-  const Block work{ticket / tiles, ticket % tiles / state_tiles_n(p), ticket % state_tiles_n(p)};
-  tc_chunk_state_block<T>(p, work, sm);
 }
 
 // ---- 4. chunk scan -------------------------------------------------------------------------------
@@ -1114,13 +1114,19 @@ __host__ __device__ __forceinline__ void tc_chunk_scan_block(const ScanParams& p
   const int64_t pitch = ssd_scan_cb_pitch(p.chunk_size);
   for (int64_t i = 0; i < p.heads_per_group; ++i) {
     const int64_t head = group * p.heads_per_group + i;
+    // the state entering the chunk (all its N tiles) is published by the chain; the barrier also
+    // tells that the previous head's warps are done with cum and dt
+    blk.phase([&](int t) {
+      if (t == 0)
+        for (int64_t n_tile = 0; n_tile < state_tiles_n(p); ++n_tile)
+          wait_published(chain_flag(p, chunk, head, blk.y, n_tile), chain_words(p) + 1, p.errors);
+    });
     const float* cum = ws_cum(p, chunk, head);
     const float* dt = ws_dt(p, chunk, head);
     const float* h_in = ws_state(p, chunk, head);
     const T* x = static_cast<const T*>(p.x) + batch * p.x_stride_b + token0 * p.x_stride_l +
                  head * p.x_stride_h;
     PerWarp<WarpAcc> acc;
-    if (i > 0) blk.phase([](int) {});  // the previous head's warps are done with cum and dt
     blk.phase([&](int t) {
       for (int64_t q = t; q < rows_end; q += kThreads) {
         sm.cum[q] = cum[q];
@@ -1141,8 +1147,9 @@ __host__ __device__ __forceinline__ void tc_chunk_scan_block(const ScanParams& p
             const int pp = e / kTcTile, col = e % kTcTile;
             const int64_t n = n0 + col;
             sm.u.h[buf][pp][col] = from_float<T>(
-                p0 + pp < p.head_dim && n < p.state_size ? h_in[(p0 + pp) * p.state_size + n]
-                                                         : 0.0f);
+                p0 + pp < p.head_dim && n < p.state_size
+                    ? load_published(h_in + (p0 + pp) * p.state_size + n)
+                    : 0.0f);
           }
         },
         [&](const Warp& w, int64_t step, int buf) {
@@ -1240,6 +1247,80 @@ SSD_UNROLL
   }
 }
 
+// ---- 5. chunk states and chunk scan in one launch ------------------------------------------------
+//
+// One grid holds the blocks of both: each block takes a ticket (section 3) and runs the block the
+// ticket names. Tickets go chunk by chunk, and within a chunk first its chunk-state blocks, then
+// its chunk-scan blocks: (chunk c states, chunk c scan, chunk c + 1 states, ...). A chunk-scan
+// block waits for the state entering its chunk, which the chunk-state blocks of chunk c - 1 (or, at
+// a sequence's first chunk, of chunk c) publish, all with smaller tickets, so the forward-progress
+// argument of section 3 covers both. The scan of early chunks runs while the chain still walks
+// through later ones, instead of after the whole chain, and there is one launch less.
+//
+// Batched rows are independent chains. The chunks go position by position across the rows (chunk
+// 0 of every row, then chunk 1 of every row, ...), so the blocks on the GPU at one time hold every
+// row's chain front and the rows advance side by side; row by row, a batch would cost the sum of
+// its rows' chain latencies instead of one row's. Chunk c still comes after chunk c - 1 of its row.
+
+__host__ __device__ __forceinline__ int64_t state_blocks_per_chunk(const ScanParams& p) {
+  return groups_of(p) * state_tiles_p(p) * state_tiles_n(p);
+}
+__host__ __device__ __forceinline__ int64_t scan_token_tiles(const ScanParams& p) {
+  return ceil_div_i(p.chunk_size, kTcTile);
+}
+__host__ __device__ __forceinline__ int64_t scan_blocks_per_chunk(const ScanParams& p) {
+  return groups_of(p) * ceil_div_i(p.head_dim, kTcTile) * scan_token_tiles(p);
+}
+__host__ __device__ __forceinline__ int64_t tickets_per_chunk(const ScanParams& p) {
+  return state_blocks_per_chunk(p) + scan_blocks_per_chunk(p);
+}
+
+// The block a ticket names: (chunk * G + group, p tile, N tile) of the chunk states, or
+// (chunk * G + group, p tile, token tile) of the chunk scan.
+struct ChunkWork {
+  bool scan;
+  Block block;
+};
+
+__host__ __device__ __forceinline__ int64_t chunk_of_position(const ScanParams& p,
+                                                             int64_t position) {
+  const int64_t per_row = p.num_chunks / p.chain_rows;
+  return position % p.chain_rows * per_row + position / p.chain_rows;
+}
+
+__host__ __device__ __forceinline__ ChunkWork work_of(const ScanParams& p, int64_t ticket) {
+  const int64_t chunk = chunk_of_position(p, ticket / tickets_per_chunk(p));
+  int64_t rest = ticket % tickets_per_chunk(p);
+  const bool scan = rest >= state_blocks_per_chunk(p);
+  if (scan) rest -= state_blocks_per_chunk(p);
+  const int64_t inner = scan ? scan_token_tiles(p) : state_tiles_n(p);
+  const int64_t per_group = state_tiles_p(p) * inner;  // kTcTile == kScanStateTile: same p tiles
+  return ChunkWork{scan, Block{chunk * groups_of(p) + rest / per_group, rest % per_group / inner,
+                               rest % inner}};
+}
+
+template <typename T>
+struct TcChunkShared {
+  unsigned ticket;
+  union {
+    TcStateShared<T> state;
+    TcScanShared<T> scan;
+  } u;
+};
+
+template <typename T>
+__host__ __device__ __forceinline__ void tc_chunk_block(const ScanParams& p, const Block& blk,
+                                                        TcChunkShared<T>& sm) {
+  blk.phase([&](int t) {
+    if (t == 0) sm.ticket = take_ticket(chain_words(p));
+  });
+  const ChunkWork work = work_of(p, sm.ticket);
+  if (work.scan)
+    tc_chunk_scan_block<T>(p, work.block, sm.u.scan);
+  else
+    tc_chunk_state_block<T>(p, work.block, sm.u.state);
+}
+
 // ---- device entry points -------------------------------------------------------------------------
 
 __device__ __forceinline__ Block this_block() { return Block{blockIdx.x, blockIdx.y, blockIdx.z}; }
@@ -1266,20 +1347,16 @@ __global__ void __launch_bounds__(kThreads) chunk_cb_kernel(const ScanParams p) 
   chunk_cb_block<T>(p, this_block(), dynamic_shared<CbShared<T>>());
 }
 
+// 2 blocks per SM as the register target (8 warps): left to itself ptxas caps the kernel at 168
+// registers and spills in the head loops (16-bit: 20-24 bytes; fp32: 80); it needs 206 (16-bit)
+// and 211 (fp32) without. Shared memory would allow 3 blocks of the 16-bit kernel.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) tc_chunk_state_kernel(const ScanParams p) {
-  tc_chunk_state_chain_block<T>(p, this_block(), dynamic_shared<TcStateShared<T>>());
-}
-
-// At least 2 blocks per SM as the register target: left to itself ptxas caps the fp32 head loop at
-// 128-168 registers and spills 8 bytes (186 without a spill; the 16-bit ones use 158).
-template <typename T>
-__global__ void __launch_bounds__(kThreads, 2) tc_chunk_scan_kernel(const ScanParams p) {
-  tc_chunk_scan_block<T>(p, this_block(), dynamic_shared<TcScanShared<T>>());
+__global__ void __launch_bounds__(kThreads, 2) tc_chunk_kernel(const ScanParams p) {
+  tc_chunk_block<T>(p, this_block(), dynamic_shared<TcChunkShared<T>>());
 }
 
 struct Grids {
-  dim3 chunk_heads, cb, state, finals, scan;
+  dim3 chunk_heads, cb, chunks, finals;
   bool any_chunks, any_states, any_finals;  // launch only grids with blocks
 };
 
@@ -1301,23 +1378,17 @@ Grids grids_of(const ScanParams& p) {
   g.cb = dim3(static_cast<unsigned>(p.num_chunks * groups_of(p)),
               static_cast<unsigned>(cdiv(p.chunk_size, kTcTile)),
               static_cast<unsigned>(cdiv(p.chunk_size, kTcTile)));
-  // one block per ticket (section 3): (chunk, group, p tile, N tile), chunk-major
-  g.state = dim3(static_cast<unsigned>(p.num_chunks * groups_of(p) * state_tiles_p(p) *
-                                       state_tiles_n(p)));
+  g.chunks = dim3(static_cast<unsigned>(p.num_chunks * tickets_per_chunk(p)));  // one per ticket
   g.finals = dim3(static_cast<unsigned>(p.num_seqs * p.active_heads),
                   static_cast<unsigned>(cdiv(p.head_dim * p.state_size, kThreads * kFinalElems)));
-  g.scan = dim3(static_cast<unsigned>(p.num_chunks * groups_of(p)),
-                static_cast<unsigned>(cdiv(p.head_dim, kTcTile)),
-                static_cast<unsigned>(cdiv(p.chunk_size, kTcTile)));
   return g;
 }
 
 bool grids_fit(const ScanParams& p) {
   const int64_t limit = 0x7fffffffLL;
   return p.num_chunks * p.active_heads <= limit && p.num_seqs * p.active_heads <= limit &&
-         p.num_chunks * groups_of(p) * state_tiles_p(p) * state_tiles_n(p) <= limit &&
-         cdiv(p.head_dim * p.state_size, kThreads * kFinalElems) <= 65535 &&
-         cdiv(p.head_dim, kTcTile) <= 65535 && cdiv(p.state_size, kTcTile) <= 65535;
+         p.num_chunks * tickets_per_chunk(p) <= limit &&
+         cdiv(p.head_dim * p.state_size, kThreads * kFinalElems) <= 65535;
 }
 
 // A tensor-core kernel with its shared memory as dynamic shared memory (opted in above 48 KB).
@@ -1340,13 +1411,11 @@ cudaError_t launch(const ScanParams& p, cudaStream_t stream) {
   cudaError_t e = cudaSuccess;
   if (g.any_chunks) cumsum_kernel<<<g.chunk_heads, kThreads, 0, stream>>>(p);
   if (g.any_states && e == cudaSuccess) e = launch_tc<CbShared<T>>(chunk_cb_kernel<T>, g.cb, p, stream);
-  if (g.any_states && e == cudaSuccess)  // the chain's ticket counter and flags start at zero
+  if (g.any_chunks && e == cudaSuccess)  // the ticket counter and the chain's flags start at zero
     e = cudaMemsetAsync(chain_words(p), 0, chain_bytes(p), stream);
-  if (g.any_states && e == cudaSuccess)
-    e = launch_tc<TcStateShared<T>>(tc_chunk_state_kernel<T>, g.state, p, stream);
-  if (g.any_finals && e == cudaSuccess) empty_sequence_kernel<<<g.finals, kThreads, 0, stream>>>(p);
   if (g.any_chunks && e == cudaSuccess)
-    e = launch_tc<TcScanShared<T>>(tc_chunk_scan_kernel<T>, g.scan, p, stream);
+    e = launch_tc<TcChunkShared<T>>(tc_chunk_kernel<T>, g.chunks, p, stream);
+  if (g.any_finals && e == cudaSuccess) empty_sequence_kernel<<<g.finals, kThreads, 0, stream>>>(p);
   return e != cudaSuccess ? e : cudaGetLastError();
 }
 
@@ -1395,21 +1464,18 @@ void run_host(const ScanParams& p) {
     run_host_grid<CumsumShared>(g.chunk_heads, [&](const Block& b, CumsumShared& sm) {
       cumsum_block(p, b, sm);
     });
-  if (g.any_states) {
+  if (g.any_states)
     run_host_grid<CbShared<T>>(g.cb, [&](const Block& b, CbShared<T>& sm) {
       chunk_cb_block<T>(p, b, sm);
     });
+  if (g.any_chunks) {
     std::memset(chain_words(p), 0, chain_bytes(p));
-    run_host_concurrently<TcStateShared<T>>(g.state.x, [&](const Block& b, TcStateShared<T>& sm) {
-      tc_chunk_state_chain_block<T>(p, b, sm);
+    run_host_concurrently<TcChunkShared<T>>(g.chunks.x, [&](const Block& b, TcChunkShared<T>& sm) {
+      tc_chunk_block<T>(p, b, sm);
     });
   }
   if (g.any_finals)
     run_host_grid<NoShared>(g.finals, [&](const Block& b, NoShared&) { empty_sequence_block(p, b); });
-  if (g.any_chunks)
-    run_host_grid<TcScanShared<T>>(g.scan, [&](const Block& b, TcScanShared<T>& sm) {
-      tc_chunk_scan_block<T>(p, b, sm);
-    });
 }
 
 bool nothing_to_do(const ScanParams& p) {

@@ -20,16 +20,18 @@
 // waits for the state entering its chunk (published by the block of the chunk before, through
 // global memory and a flag), adds its own part and publishes the state entering the next chunk
 // (or the final state); (4) chunk scan: the intra-chunk C.B^T decay-masked term, the inter-chunk
-// C.h term, D.x and the z gate. A small kernel writes the final states of empty sequences. (2)
-// and (4) run on tensor cores (mma.sync, fp32 accumulation: m16n8k16 for fp16/bf16, 3xTF32
-// m16n8k8 for fp32, which keeps fp32 accuracy); with 16-bit activations the decayed operands
-// (x dt exp(cum_end - cum_t), the masked decayed scores, the entering state) are rounded to the
-// activation dtype for the MMA.
+// C.h term, D.x and the z gate, each head once its entering state is published. (2) and (4) are
+// blocks of one launch, taking tickets chunk by chunk (batched rows side by side), so the scan
+// of early chunks overlaps the chain of later ones. A small kernel writes the final states of
+// empty sequences. (2) and (4) run on tensor cores (mma.sync, fp32 accumulation: m16n8k16 for
+// fp16/bf16, 3xTF32 m16n8k8 for fp32, which keeps fp32 accuracy); with 16-bit activations the
+// decayed operands (x dt exp(cum_end - cum_t), the masked decayed scores, the entering state) are
+// rounded to the activation dtype for the MMA.
 //
 // ssd_scan_host() runs the very same per-thread code on the CPU (block by block, barrier phase by
-// barrier phase, thread by thread, shared memory a host array; the chunk-state blocks, which wait
-// for each other, on several host threads at once). It verifies the arithmetic, the indexing and
-// the chain's hand-offs of the kernels, not the launch, the warp scheduling, the GPU's memory
+// barrier phase, thread by thread, shared memory a host array; the blocks of (2) and (4), which
+// wait for each other, on several host threads at once). It verifies the arithmetic, the indexing
+// and the chain's hand-offs of the kernels, not the launch, the warp scheduling, the GPU's memory
 // ordering or the timing.
 #pragma once
 
@@ -77,6 +79,9 @@ struct ScanParams {
   int32_t* errors;      // (1,) int32 device error word (kErrorScanChainStalled)
   int64_t num_chunks, num_seqs, active_heads, heads_per_group, parent_heads_per_group, head_dim,
       state_size, chunk_size;
+  // The chunk table is chain_rows runs of num_chunks / chain_rows chunks, one per batch row
+  // (batched rows), or one run (packed sequences, batch 1): the blocks walk the runs side by side.
+  int64_t chain_rows;
   bool dt_softplus;
   float dt_min, dt_max;
 };

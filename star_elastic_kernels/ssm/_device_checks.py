@@ -14,14 +14,14 @@ import torch
 # bits of the error word
 SLOT_OUT_OF_RANGE = 1  # a state_indices value >= the cache's slot count (the row was skipped)
 BAD_CU_SEQLENS = 2  # cu_seqlens did not start at 0, end at l and never decrease
-SCAN_CHAIN_STALLED = 4  # the CUDA ssd_scan's chunk-state chain waited > 1 s (a bug, not an input)
+SCAN_CHAIN_STALLED = 4  # the CUDA ssd_scan's state chain waited > 1 s (a bug, not an input)
 
 _MESSAGES = {
     SLOT_OUT_OF_RANGE: "a state_indices value was >= the cache's slot count (those rows were "
                        "skipped: their state was not updated and their output is zero)",
     BAD_CU_SEQLENS: "cu_seqlens did not start at 0, end at the sequence length and never decrease "
                     "(the packed ops ran on a clamped, meaningless split)",
-    SCAN_CHAIN_STALLED: "the CUDA ssd_scan's chunk-state chain waited over a second for the state "
+    SCAN_CHAIN_STALLED: "the CUDA ssd_scan's state chain waited over a second for the state "
                         "entering a chunk and went on without it (its outputs are wrong; this is "
                         "a bug in star-elastic-kernels, please report it)",
 }

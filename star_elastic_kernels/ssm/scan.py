@@ -2,9 +2,10 @@
 
 Order: launchers, the registered op ``star_elastic::ssd_scan`` (fake impl, autograd), the public
 wrapper. Kernels: ``csrc/ssm/ssd_scan.cu`` (cuda, plain CUDA C++: chunk cumsum, C.B^T once per
-(chunk, group), the chunk states fused with the state passing (each chunk's own state stays in
-registers; only the states entering the chunks go through global memory, handed from block to
-block by flags), chunk scan; the matmuls on tensor cores (mma.sync, fp32 accumulation: fp16/bf16
+(chunk, group), then one kernel for the chunk states fused with the state passing (each chunk's
+own state stays in registers; only the states entering the chunks go through global memory,
+handed from block to block by flags) and the chunk scan, whose blocks start on a chunk as soon as
+its entering state is published; the matmuls on tensor cores (mma.sync, fp32 accumulation: fp16/bf16
 operands as they are, fp32 ones as 3xTF32, which keeps fp32 accuracy); states fp32),
 ``star_elastic_kernels/triton/ssd_scan.py`` (triton); the specification is
 ``star_elastic_kernels.reference.ssm.ssd_scan`` (torch, the plain sequential recurrence).

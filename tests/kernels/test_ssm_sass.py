@@ -102,14 +102,11 @@ def test_decode_unit_stride_instantiations_issue_16_byte_loads_before_stores(ssm
 
 
 # Per staged 64-wide tile a warp issues 4 k16 steps x 8 n8 tiles of m16n8k16: 32 HMMA per GEMM
-# body once unrolled (the chunk scan has two GEMMs, the inter- and the intra-chunk term). fp32:
-# 8 k8 steps x 8 n8 tiles x 3 (3xTF32) = 192 HMMA.1688 per GEMM body.
-TENSOR_CORE_SCAN_KERNELS = {"chunk_cb_kernel": 32, "tc_chunk_state_kernel": 32,
-                            "tc_chunk_scan_kernel": 64}
+# body once unrolled. tc_chunk_kernel runs the chunk states (one GEMM) and the chunk scan (two:
+# the inter- and the intra-chunk term). fp32: 8 k8 steps x 8 n8 tiles x 3 (3xTF32) = 192
+# HMMA.1688 per GEMM body.
+TENSOR_CORE_SCAN_KERNELS = {"chunk_cb_kernel": 32, "tc_chunk_kernel": 32 + 64}
 TF32_PARTS = 3
-# fp32 tiles stored token-major are read value by value (ldmatrix.trans would split 32-bit
-# values): the chunk state's fp32 kernel has both operands that way, so no LDSM.
-FP32_WITHOUT_LDMATRIX = ("tc_chunk_state_kernel",)
 
 
 def _found(ssm_kernels, kernel, dtype_part):
@@ -148,8 +145,7 @@ def test_ssd_scan_fp32_matmul_kernels_use_tf32_tensor_cores(ssm_kernels, kernel)
     assert len(tf32) >= want, (name, len(tf32), want)
     assert not [o for o in ops if o.startswith("HMMA.16816")], name
     assert _count(ops, "LDGSTS"), name
-    if kernel not in FP32_WITHOUT_LDMATRIX:
-        assert _count(ops, "LDSM"), name
+    assert _count(ops, "LDSM"), name
     _no_spills(name, k)
 
 
@@ -159,12 +155,13 @@ def test_the_scalar_scan_kernels_are_gone(ssm_kernels):
     assert not scalar, scalar
 
 
-def test_the_chunk_state_kernel_passes_the_states_itself(ssm_kernels):
-    """Chunk states fused with the state passing: no state-passing kernel is built; every chunk
-    state instantiation takes its ticket with a global atomic, waits with an acquire load at GPU
-    scope (then drops its stale L1 lines) and publishes with a release store after a barrier."""
-    assert not [n for n in ssm_kernels if "state_passing" in n]
-    found = _found(ssm_kernels, "tc_chunk_state_kernel", lambda n: True)
+def test_the_chunk_kernel_passes_the_states_itself(ssm_kernels):
+    """Chunk states, state passing and chunk scan in one kernel: no state-passing, chunk-state or
+    chunk-scan kernel of its own is built; every instantiation takes its ticket with a global
+    atomic, waits with an acquire load at GPU scope (then drops its stale L1 lines) and
+    publishes with a release store after a barrier."""
+    assert not [n for n in ssm_kernels if re.search(r"state_passing|tc_chunk_(state|scan)", n)]
+    found = _found(ssm_kernels, "tc_chunk_kernel", lambda n: True)
     assert len(found) == 3, sorted(found)  # fp32, fp16, bf16
     for name, k in found.items():
         ops = k["ops"]

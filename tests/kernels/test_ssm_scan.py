@@ -657,16 +657,37 @@ def test_cuda_state_chain_over_many_chunks_with_concurrent_blocks():
         torch.testing.assert_close(finals.double(), want_finals, atol=2e-5, rtol=2e-5)
     check_device_errors("cpu")
 
+
+@needs_host_op
+def test_cuda_chunk_kernel_runs_batched_rows_side_by_side():
+    """Batched rows are separate chains, their chunks taken position by position across the rows
+    (section 5 of csrc/ssm/ssd_scan.cu): 3 rows of 12 chunks each, the chunk-state and chunk-scan
+    blocks run by concurrent host threads, give the oracle's outputs and final states with no
+    stall, every row from its own initial state. A row whose chunk waited on another row's, or a
+    scan that did not wait for its entering state, would be off here (or stall)."""
+    k, p, Np, L, chunk = 2, 16, 16, 90, 8
+    a = scan_inputs(3, L, 2, p, 1, Np, seed=37)
+    init = torch.randn(3, 2, p, Np, generator=torch.Generator().manual_seed(5))
+    kw = dict(D=a["D"], dt_bias=a["dt_bias"], dt_softplus=True, initial_states=init)
+    y, finals = host_scan(a["x"], a["dt"], a["A"], a["B"], a["C"], chunk_size=chunk, k=k, p=p, **kw)
+    want_y, want_finals = sequential_scan(a["x"], a["dt"], a["A"], a["B"], a["C"],
+                                          heads_per_group=k, **kw)
+    torch.testing.assert_close(y.double(), want_y, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(finals.double(), want_finals, atol=2e-5, rtol=2e-5)
+    check_device_errors("cpu")
+
+
 # --- property test -------------------------------------------------------------------------------
 
 
 @needs_host_op
 def test_cuda_state_chain_takes_every_ticket_and_publishes_each_entering_state_once():
-    """The fused chunk state + state passing (csrc/ssm/ssd_scan.cu, section 3): every chunk-state
-    block took one ticket, and the state entering (chunk, head, state tile) was published exactly
-    where a chunk has a predecessor in its sequence (not at a sequence's first chunk, not for
-    padding chunks), with two p tiles and two N tiles; the entering states the chunk scan read are
-    the oracle's states at the chunk boundaries."""
+    """The fused chunk state + state passing + chunk scan (csrc/ssm/ssd_scan.cu, sections 3 and
+    5): every chunk-state and chunk-scan block took one ticket, and the state entering (chunk,
+    head, state tile) was published for every real chunk (by the chunk before it in its sequence,
+    or by a sequence's first chunk itself, for its chunk scan) and for no padding chunk, with two
+    p tiles and two N tiles; the entering states the chunk scan read are the oracle's states at
+    the chunk boundaries."""
     Hb, Gb, k, p, Np, L, chunk = 2, 1, 2, 80, 70, 40, 16
     a = scan_inputs(1, L, Hb, p, Gb, Np, seed=33)
     cu = torch.tensor([0, 20, 20, L])  # 2 + 0 + 2 real chunks of at most 16 tokens
@@ -682,13 +703,14 @@ def test_cuda_state_chain_takes_every_ticket_and_publishes_each_entering_state_o
                                      chunk, k, False, 0.0, float("inf"))
     assert errors.item() == 0
     tiles = 2 * 2  # ceil(80 / 64) x ceil(70 / 64)
+    scan_tiles = 2 * 1  # ceil(80 / 64) channel tiles x ceil(16 / 64) token tiles
     words = chain_words(workspace, chunks, Hb, tiles)
-    assert words[0] == chunks * Gb * tiles  # one ticket per block, taken from a zeroed counter
+    # one ticket per block, taken from a zeroed counter
+    assert words[0] == chunks * Gb * (tiles + scan_tiles)
     assert words[1] == 0  # no wait timed out
-    firsts = {int(f) for f, c in zip(*seq_table) if c > 0}
     real = chunk_table[2] > 0
-    want = torch.tensor([[int(bool(real[c]) and c not in firsts)] * tiles for c in range(chunks)
-                         for _ in range(Hb)], dtype=torch.int32).flatten()
+    want = torch.tensor([[int(real[c])] * tiles for c in range(chunks) for _ in range(Hb)],
+                        dtype=torch.int32).flatten()
     assert torch.equal(words[2:], want)
     # the entering state of every real chunk: the oracle's final state of the tokens before it
     state_at = 2 * chunks * Hb * chunk
