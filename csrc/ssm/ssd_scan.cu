@@ -1269,7 +1269,7 @@ __host__ __device__ __forceinline__ int64_t scan_token_tiles(const ScanParams& p
   return ceil_div_i(p.chunk_size, kTcTile);
 }
 __host__ __device__ __forceinline__ int64_t scan_blocks_per_chunk(const ScanParams& p) {
-  return groups_of(p) * ceil_div_i(p.head_dim, kTcTile) * scan_token_tiles(p);
+  return groups_of(p) * state_tiles_p(p) * scan_token_tiles(p);  // the same p tiles (work_of)
 }
 __host__ __device__ __forceinline__ int64_t tickets_per_chunk(const ScanParams& p) {
   return state_blocks_per_chunk(p) + scan_blocks_per_chunk(p);
