@@ -5,7 +5,8 @@ tokens and in 4 rows of 8k (a batch, whose rows' state chains are independent), 
 (H=128, P=80) at 8k, at 100 / 75 / 50 % heads per group (head_dim kept). The
 baseline is ``mamba_chunk_scan_combined`` on the same compact activations with the parameters
 gathered at the active heads (what a caller of mamba-ssm would have to do); "triton-bf16-states"
-keeps the per-chunk states in bf16 (``chunk_states_dtype``). Our Triton row also
+keeps the per-chunk states in bf16 and "cuda-bf16-states" the states entering the chunks
+(``chunk_states_dtype``). Our Triton row also
 records ``speedup_vs_mamba`` (targets: >= 2.0 at full width) and ``time_vs_full_width`` (target:
 <= 0.55 at 50 %), both timed in the same test.
 
@@ -61,7 +62,7 @@ def _prefill_data(shape: str, rows: int, tokens: int, width: float):
 
 
 def _ours(d, k, provider="triton"):
-    """Our scan; provider "triton-bf16-states" keeps the per-chunk states in bf16."""
+    """Our scan; a provider "BACKEND-bf16-states" keeps the chunk states in bf16."""
     backend, _, states = provider.partition("-")
     states_dtype = torch.bfloat16 if states == "bf16-states" else None
     return lambda: sek.ssd_scan(d["x"], d["dt"], d["A"], d["B"], d["C"], chunk_size=128, D=d["D"],
@@ -79,7 +80,8 @@ def _theirs(d, heads):
 @pytest.mark.parametrize("shape,rows,tokens", PREFILL,
                          ids=[f"{s}-{'' if b == 1 else f'{b}x'}{t // 1024}k" for s, b, t in PREFILL])
 @pytest.mark.parametrize("width", WIDTHS, ids=[f"{int(w * 100)}pct" for w in WIDTHS])
-@pytest.mark.parametrize("provider", ["triton", "triton-bf16-states", "cuda", "mamba-ssm"])
+@pytest.mark.parametrize("provider", ["triton", "triton-bf16-states", "cuda", "cuda-bf16-states",
+                                      "mamba-ssm"])
 def test_ssd_scan_prefill(gpu_bench, benchmark, shape, rows, tokens, width, provider):
     benchmark.group = f"ssd_scan[{shape}, {rows} x {tokens} tokens, bf16]"
     d, heads, k, floor = _prefill_data(shape, rows, tokens, width)

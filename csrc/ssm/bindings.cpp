@@ -463,7 +463,8 @@ ssm::ScanParams make_ssd_scan_params(
     const std::optional<at::Tensor>& dt_bias, const std::optional<at::Tensor>& initial_states,
     const at::Tensor& chunk_table, const at::Tensor& seq_table, at::Tensor& y,
     at::Tensor& final_states, at::Tensor& workspace, at::Tensor& errors, int64_t chunk_size,
-    int64_t heads_per_group, bool dt_softplus, double dt_min, double dt_max, bool cuda) {
+    int64_t heads_per_group, bool dt_softplus, double dt_min, double dt_max,
+    at::ScalarType chain_dtype, bool cuda) {
   // Shapes and values were checked by the Python wrapper; these guard the raw-pointer contract.
   TORCH_CHECK(cuda ? x.is_cuda() : x.is_cpu(), "x must be a ", cuda ? "CUDA" : "CPU", " tensor");
   TORCH_CHECK(x.dim() == 4 && (x.size(3) <= 1 || x.stride(3) == 1),
@@ -573,6 +574,10 @@ ssm::ScanParams make_ssd_scan_params(
   p.y_stride_h = y.stride(2);
   p.final_states = final_states.data_ptr<float>();
   p.workspace = workspace.data_ptr<float>();
+  TORCH_CHECK(chain_dtype == at::kFloat ||
+                  (chain_dtype == x.scalar_type() && x.scalar_type() != at::kFloat),
+              "chain_dtype must be float32 or x's 16-bit dtype, got ", chain_dtype);
+  p.chain_type = chain_dtype == at::kFloat ? ssm::DType::kFloat32 : p.act_type;
   p.errors = error_word(errors, x, cuda);
   p.num_chunks = chunks;
   p.num_seqs = seqs;
@@ -597,10 +602,12 @@ void ssd_scan_cuda(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& 
                    const std::optional<at::Tensor>& initial_states, const at::Tensor& chunk_table,
                    const at::Tensor& seq_table, at::Tensor& y, at::Tensor& final_states,
                    at::Tensor& workspace, at::Tensor& errors, int64_t chunk_size,
-                   int64_t heads_per_group, bool dt_softplus, double dt_min, double dt_max) {
+                   int64_t heads_per_group, bool dt_softplus, double dt_min, double dt_max,
+                   at::ScalarType chain_dtype) {
   const auto p = make_ssd_scan_params(x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_table,
                                       seq_table, y, final_states, workspace, errors, chunk_size,
-                                      heads_per_group, dt_softplus, dt_min, dt_max, true);
+                                      heads_per_group, dt_softplus, dt_min, dt_max, chain_dtype,
+                                      true);
   const c10::cuda::CUDAGuard guard(x.device());
   throw_on_cuda_error(ssm::ssd_scan(p, c10::cuda::getCurrentCUDAStream(x.get_device()).stream()),
                       "ssd_scan");
@@ -612,11 +619,12 @@ void ssd_scan_cpu(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A
                   const std::optional<at::Tensor>& initial_states, const at::Tensor& chunk_table,
                   const at::Tensor& seq_table, at::Tensor& y, at::Tensor& final_states,
                   at::Tensor& workspace, at::Tensor& errors, int64_t chunk_size,
-                  int64_t heads_per_group, bool dt_softplus, double dt_min, double dt_max) {
+                  int64_t heads_per_group, bool dt_softplus, double dt_min, double dt_max,
+                  at::ScalarType chain_dtype) {
   ssm::ssd_scan_host(make_ssd_scan_params(x, dt, A, B, C, D, z, dt_bias, initial_states,
                                           chunk_table, seq_table, y, final_states, workspace,
                                           errors, chunk_size, heads_per_group, dt_softplus,
-                                          dt_min, dt_max, false));
+                                          dt_min, dt_max, chain_dtype, false));
 }
 
 }  // namespace
@@ -636,7 +644,8 @@ TORCH_LIBRARY_FRAGMENT(star_elastic, m) {
   m.def("_ssd_scan(Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "
         "Tensor? dt_bias, Tensor? initial_states, Tensor chunk_table, Tensor seq_table, "
         "Tensor(a!) y, Tensor(b!) final_states, Tensor(c!) workspace, Tensor(d!) errors, "
-        "int chunk_size, int heads_per_group, bool dt_softplus, float dt_min, float dt_max) -> ()");
+        "int chunk_size, int heads_per_group, bool dt_softplus, float dt_min, float dt_max, "
+        "ScalarType chain_dtype) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(star_elastic, CUDA, m) {

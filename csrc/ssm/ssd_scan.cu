@@ -36,7 +36,8 @@
 //  4. Chunk-scan block, per (chunk, group, 64 channels, 64 tokens), the group's heads in turn
 //     over C staged once (N <= 256): waits for the state entering the chunk, then
 //     y = exp(cum_t) C_t h_in
-//     (the fp32 entering state rounded to 16 bits when staged, kept fp32 for fp32 activations)
+//     (the entering state rounded to 16 bits when staged, kept fp32 for fp32 activations; with
+//     a 16-bit chain_type the chain stores it rounded already, halving the chain's traffic)
 //     + sum_{s<=t} CB[t, s] exp(cum_t - cum_s) dt_s x_s, the decayed masked CB fragment built in
 //     registers from the workspace; each warp stops at its own last row (causal skip); then D x
 //     and the gate.
@@ -133,16 +134,17 @@ __host__ __device__ __forceinline__ ChunkInfo chunk_info(const ScanParams& p, in
   return c;
 }
 
-// Workspace: dt (chunks, H', Q), cumsum (chunks, H', Q), states (chunks, H', p, N).
+// Workspace: dt (chunks, H', Q), cumsum (chunks, H', Q), entering states (chunks, H', p, N) stored
+// as S (ScanParams::chain_type: fp32, or the 16-bit activation type).
 __host__ __device__ __forceinline__ float* ws_dt(const ScanParams& p, int64_t chunk, int64_t head) {
   return p.workspace + (chunk * p.active_heads + head) * p.chunk_size;
 }
 __host__ __device__ __forceinline__ float* ws_cum(const ScanParams& p, int64_t chunk, int64_t head) {
   return p.workspace + (p.num_chunks + chunk) * p.active_heads * p.chunk_size + head * p.chunk_size;
 }
-__host__ __device__ __forceinline__ float* ws_state(const ScanParams& p, int64_t chunk,
-                                                    int64_t head) {
-  return p.workspace + 2 * p.num_chunks * p.active_heads * p.chunk_size +
+template <typename S>
+__host__ __device__ __forceinline__ S* ws_state(const ScanParams& p, int64_t chunk, int64_t head) {
+  return reinterpret_cast<S*>(p.workspace + 2 * p.num_chunks * p.active_heads * p.chunk_size) +
          (chunk * p.active_heads + head) * p.head_dim * p.state_size;
 }
 
@@ -323,11 +325,12 @@ __host__ __device__ __forceinline__ void publish(unsigned* flag, unsigned* also)
 }
 
 // A value another block published: read from L2 (this SM's L1 is not coherent with the writer's).
-__host__ __device__ __forceinline__ float load_published(const float* address) {
+template <typename S>
+__host__ __device__ __forceinline__ float load_published(const S* address) {
 #ifdef __CUDA_ARCH__
-  return __ldcg(address);
+  return to_float<S>(__ldcg(address));
 #else
-  return *address;
+  return to_float<S>(*address);
 #endif
 }
 
@@ -968,7 +971,7 @@ struct TcStateShared {
 // stored token-major, so both fragments come transposed (ldmatrix.trans for 16 bits, value by
 // value for fp32); w_t scales the A fragment in registers before it is rounded back to 16 bits (or
 // split into tf32 parts).
-template <typename T>
+template <typename T, typename S>
 __host__ __device__ __forceinline__ void tc_chunk_state_block(const ScanParams& p,
                                                               const Block& blk,
                                                               TcStateShared<T>& sm) {
@@ -1041,21 +1044,27 @@ SSD_UNROLL
           wait_published(chain_flag(p, chunk, head, blk.y, blk.z), chain_words(p) + 1, p.errors);
       });
     const float decay = expf(total);
-    float* entering = ws_state(p, chunk, head);
-    float* leaving = sequence.last ? p.final_states + (sequence.seq * p.active_heads + head) *
-                                                          p.head_dim * p.state_size
-                                   : ws_state(p, chunk + 1, head);
+    S* entering = ws_state<S>(p, chunk, head);
+    // the state leaving the chunk: the next chunk's entering state (S), or the final state (fp32)
+    S* next = sequence.last ? nullptr : ws_state<S>(p, chunk + 1, head);
+    float* final_state = sequence.last ? p.final_states + (sequence.seq * p.active_heads + head) *
+                                                              p.head_dim * p.state_size
+                                       : nullptr;
     store_acc_tile(blk, acc, p0, n0, p.head_dim, p.state_size,
                    [&](int64_t pp, int64_t n, float own) {
                      const int64_t at = pp * p.state_size + n;
                      float h_in;
                      if (sequence.first) {
                        h_in = initial_state(p, sequence.seq, head, pp, n);
-                       entering[at] = h_in;  // for the chunk scan
+                       entering[at] = from_float<S>(h_in);  // for the chunk scan
                      } else {
                        h_in = load_published(entering + at);
                      }
-                     leaving[at] = decay * h_in + own;
+                     const float h_out = decay * h_in + own;
+                     if (sequence.last)
+                       final_state[at] = h_out;
+                     else
+                       next[at] = from_float<S>(h_out);
                    });
     // the chunk scan of this chunk waits for the state entering it (a sequence's first chunk
     // publishes its own, the initial state), the next chunk's blocks for the one leaving it
@@ -1095,7 +1104,7 @@ struct TcScanShared {
 // the intra-chunk term: the A fragment is built in registers from the group's C.B^T (fp32),
 // decayed with the head's cumsum, masked to s <= t and rounded (or split); B = x, transposed.
 // A warp stops its source steps at its own last row (the causal skip is per warp).
-template <typename T>
+template <typename T, typename S>
 __host__ __device__ __forceinline__ void tc_chunk_scan_block(const ScanParams& p,
                                                              const Block& blk,
                                                              TcScanShared<T>& sm) {
@@ -1123,7 +1132,7 @@ __host__ __device__ __forceinline__ void tc_chunk_scan_block(const ScanParams& p
     });
     const float* cum = ws_cum(p, chunk, head);
     const float* dt = ws_dt(p, chunk, head);
-    const float* h_in = ws_state(p, chunk, head);
+    const S* h_in = ws_state<S>(p, chunk, head);
     const T* x = static_cast<const T*>(p.x) + batch * p.x_stride_b + token0 * p.x_stride_l +
                  head * p.x_stride_h;
     PerWarp<WarpAcc> acc;
@@ -1308,7 +1317,7 @@ struct TcChunkShared {
   } u;
 };
 
-template <typename T>
+template <typename T, typename S>
 __host__ __device__ __forceinline__ void tc_chunk_block(const ScanParams& p, const Block& blk,
                                                         TcChunkShared<T>& sm) {
   blk.phase([&](int t) {
@@ -1316,9 +1325,9 @@ __host__ __device__ __forceinline__ void tc_chunk_block(const ScanParams& p, con
   });
   const ChunkWork work = work_of(p, sm.ticket);
   if (work.scan)
-    tc_chunk_scan_block<T>(p, work.block, sm.u.scan);
+    tc_chunk_scan_block<T, S>(p, work.block, sm.u.scan);
   else
-    tc_chunk_state_block<T>(p, work.block, sm.u.state);
+    tc_chunk_state_block<T, S>(p, work.block, sm.u.state);
 }
 
 // ---- device entry points -------------------------------------------------------------------------
@@ -1347,12 +1356,13 @@ __global__ void __launch_bounds__(kThreads) chunk_cb_kernel(const ScanParams p) 
   chunk_cb_block<T>(p, this_block(), dynamic_shared<CbShared<T>>());
 }
 
-// 2 blocks per SM as the register target (8 warps): left to itself ptxas caps the kernel at 168
-// registers and spills in the head loops (16-bit: 20-24 bytes; fp32: 80); it needs 206 (16-bit)
-// and 211 (fp32) without. Shared memory would allow 3 blocks of the 16-bit kernel.
-template <typename T>
+// 2 blocks per SM as the register target (8 warps): at 3 blocks ptxas caps the kernel at 168
+// registers and spills in the head loops (16-bit: 24-32 bytes; fp32: 80); it needs 198-200
+// (16-bit) and 211 (fp32) without. Shared memory would allow 3 blocks of the 16-bit kernel.
+// S: the entering states' storage (ScanParams::chain_type), fp32 or T.
+template <typename T, typename S>
 __global__ void __launch_bounds__(kThreads, 2) tc_chunk_kernel(const ScanParams p) {
-  tc_chunk_block<T>(p, this_block(), dynamic_shared<TcChunkShared<T>>());
+  tc_chunk_block<T, S>(p, this_block(), dynamic_shared<TcChunkShared<T>>());
 }
 
 struct Grids {
@@ -1405,6 +1415,12 @@ cudaError_t launch_tc(void (*kernel)(ScanParams), dim3 grid, const ScanParams& p
   return cudaGetLastError();
 }
 
+// Whether the chain stores T (16-bit activations and chain_type == act_type); fp32 otherwise.
+template <typename T>
+bool chain_in_t(const ScanParams& p) {
+  return !std::is_same<T, float>::value && p.chain_type == p.act_type;
+}
+
 template <typename T>
 cudaError_t launch(const ScanParams& p, cudaStream_t stream) {
   const Grids g = grids_of(p);
@@ -1414,7 +1430,8 @@ cudaError_t launch(const ScanParams& p, cudaStream_t stream) {
   if (g.any_chunks && e == cudaSuccess)  // the ticket counter and the chain's flags start at zero
     e = cudaMemsetAsync(chain_words(p), 0, chain_bytes(p), stream);
   if (g.any_chunks && e == cudaSuccess)
-    e = launch_tc<TcChunkShared<T>>(tc_chunk_kernel<T>, g.chunks, p, stream);
+    e = launch_tc<TcChunkShared<T>>(
+        chain_in_t<T>(p) ? tc_chunk_kernel<T, T> : tc_chunk_kernel<T, float>, g.chunks, p, stream);
   if (g.any_finals && e == cudaSuccess) empty_sequence_kernel<<<g.finals, kThreads, 0, stream>>>(p);
   return e != cudaSuccess ? e : cudaGetLastError();
 }
@@ -1470,8 +1487,12 @@ void run_host(const ScanParams& p) {
     });
   if (g.any_chunks) {
     std::memset(chain_words(p), 0, chain_bytes(p));
+    const bool in_t = chain_in_t<T>(p);
     run_host_concurrently<TcChunkShared<T>>(g.chunks.x, [&](const Block& b, TcChunkShared<T>& sm) {
-      tc_chunk_block<T>(p, b, sm);
+      if (in_t)
+        tc_chunk_block<T, T>(p, b, sm);
+      else
+        tc_chunk_block<T, float>(p, b, sm);
     });
   }
   if (g.any_finals)
@@ -1488,6 +1509,8 @@ cudaError_t ssd_scan(const ScanParams& params, cudaStream_t stream) {
   if (nothing_to_do(params)) return cudaSuccess;
   if (!grids_fit(params) || params.chunk_size < 1 || params.chunk_size > kScanMaxChunk)
     return cudaErrorInvalidConfiguration;
+  if (params.chain_type != DType::kFloat32 && params.chain_type != params.act_type)
+    return cudaErrorInvalidValue;
   switch (params.act_type) {
     case DType::kFloat16:
       return launch<__half>(params, stream);

@@ -76,6 +76,9 @@ struct ScanParams {
   int64_t y_stride_b, y_stride_l, y_stride_h;
   float* final_states;  // (num_seqs, H', p, N) contiguous fp32
   float* workspace;     // ssd_scan_workspace_floats(...) fp32 values
+  // storage of the entering states in the workspace (the state chain): kFloat32, or act_type for
+  // 16-bit activations (half the chain's traffic; each chunk's entering state rounded once)
+  DType chain_type;
   int32_t* errors;      // (1,) int32 device error word (kErrorScanChainStalled)
   int64_t num_chunks, num_seqs, active_heads, heads_per_group, parent_heads_per_group, head_dim,
       state_size, chunk_size;
@@ -91,7 +94,8 @@ struct ScanParams {
 constexpr int64_t kScanStateTile = 64;
 
 // fp32 values of scratch: processed dt and cumulative dt*A per (chunk, head, token of the chunk),
-// the state entering every (chunk, head), (p, N) each, and C.B^T once per
+// the state entering every (chunk, head), (p, N) each (chain_type elements, so 16-bit ones fill
+// half of that region), and C.B^T once per
 // (chunk, group), Q x Q rows of an even pitch so the chunk scan reads it in 8-byte pairs; the
 // C.B^T block starts 16-byte aligned. Then 32-bit words the launch zeroes: the chunk-state blocks'
 // ticket counter, this launch's "a chain stalled" word, and one "published" flag per (chunk,

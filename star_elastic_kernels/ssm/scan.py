@@ -6,7 +6,8 @@ wrapper. Kernels: ``csrc/ssm/ssd_scan.cu`` (cuda, plain CUDA C++: chunk cumsum, 
 own state stays in registers; only the states entering the chunks go through global memory,
 handed from block to block by flags) and the chunk scan, whose blocks start on a chunk as soon as
 its entering state is published; the matmuls on tensor cores (mma.sync, fp32 accumulation: fp16/bf16
-operands as they are, fp32 ones as 3xTF32, which keeps fp32 accuracy); states fp32),
+operands as they are, fp32 ones as 3xTF32, which keeps fp32 accuracy); entering states stored fp32
+or, as an option, in x's 16-bit dtype),
 ``star_elastic_kernels/triton/ssd_scan.py`` (triton); the specification is
 ``star_elastic_kernels.reference.ssm.ssd_scan`` (torch, the plain sequential recurrence).
 
@@ -78,10 +79,11 @@ def workspace_floats(chunks: int, heads: int, groups: int, head_dim: int, state_
 
 
 def _cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, bounds, chunk_size, dt_softplus,
-          dt_min, dt_max, heads_per_group):
+          dt_min, dt_max, heads_per_group, states_dtype=torch.float32):
     """Run the CUDA SSD forward (``star_elastic::_ssd_scan``); inputs already checked by the public
     wrapper. On CPU tensors the op's CPU impl runs the kernels' per-thread code on the host (for
     tests). Chunks longer than ``CUDA_MAX_CHUNK`` are split (the result does not depend on it).
+    ``states_dtype``: storage of the states entering the chunks, float32 or x's 16-bit dtype.
     Returns (y in x's dtype, final states fp32)."""
     # the kernels read fp32/fp16/bf16 parameters; float64 ones (per head, or states) go fp32
     narrow = lambda t: t.float() if t is not None and t.dtype == torch.float64 else t  # noqa: E731
@@ -98,7 +100,7 @@ def _cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, bounds, chunk_size, dt_
     torch.ops.star_elastic._ssd_scan(x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_table,
                                      seq_table, y, final, workspace, _device_checks.word_for(x),
                                      chunk, heads_per_group,
-                                     bool(dt_softplus), float(dt_min), float(dt_max))
+                                     bool(dt_softplus), float(dt_min), float(dt_max), states_dtype)
     return y, final
 
 
@@ -125,8 +127,7 @@ def _ssd_scan_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if backend == "cuda":
         return _cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, _packed(cu_seqlens, x.shape[1]),
-                     chunk_size,
-                     dt_softplus, dt_min, dt_max, heads_per_group)
+                     chunk_size, dt_softplus, dt_min, dt_max, heads_per_group, states_dtype)
     if backend == "triton":
         return _triton().ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, initial_states,
                                       _packed(cu_seqlens, x.shape[1]), chunk_size, dt_softplus,
@@ -246,8 +247,10 @@ def ssd_scan(
         head_dim: p (default x.shape[-1]); checked against P when D is (H, P).
         chunk_states_dtype: storage of the kernels' per-chunk states, float32 (default) or
             float16/bfloat16 (half the scan's largest memory traffic, at 16-bit rounding of the
-            states between chunks). The triton backend honours it; cuda and torch keep fp32.
-            Final states are fp32 either way.
+            states between chunks). The triton backend takes either 16-bit dtype; the cuda
+            backend (which stores only the states entering the chunks) takes x's own 16-bit
+            dtype and raises ``ValueError`` for another; torch keeps fp32. Final states are fp32
+            either way.
         backend: ``"auto" | "cuda" | "triton" | "torch"`` (see
             :func:`star_elastic_kernels.use_backend`).
 
@@ -294,6 +297,9 @@ def ssd_scan(
         raise TypeError(f"chunk_states_dtype must be torch.float32, torch.float16 or "
                         f"torch.bfloat16, got {chunk_states_dtype!r}")
     chosen = _backends.select_backend(SPEC, device, x.dtype, backend)
+    if chosen == "cuda" and chunk_states_dtype not in (torch.float32, x.dtype):
+        raise ValueError(f"chunk_states_dtype={chunk_states_dtype} with x of {x.dtype}: the cuda "
+                         f"backend stores the chunk states in float32 or in x's 16-bit dtype")
     y, final = _ssd_scan_op(x, dt, A, B, C, D, z, dt_bias, initial_states, cu_seqlens, chunk_size,
                             bool(dt_softplus), low, high, k, p, chunk_states_dtype, chosen)
     return (y, final) if return_final_states else y

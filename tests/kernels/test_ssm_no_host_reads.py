@@ -157,6 +157,21 @@ def test_ssd_scan_packed_runs_on_fake_cuda_tensors(private_ops, triton_launches,
                          "_decay_grad_kernel"}
 
 
+def test_cuda_scan_takes_chunk_states_in_x_dtype_only(private_ops, monkeypatch):
+    """The cuda backend stores the states entering the chunks in fp32 or in x's 16-bit dtype
+    (the chain_dtype of its private op); any other chunk_states_dtype is refused, naming it,
+    before anything runs."""
+    pretend_cuda_backend_available(monkeypatch)
+    with FakeTensorMode():
+        a = scan_args(1, 1024)
+        run = lambda states_dtype: sek.ssd_scan(  # noqa: E731
+            a["x"], a["dt"], a["A"], a["B"], a["C"], D=a["D"], heads_per_group=K, head_dim=PA,
+            chunk_size=128, chunk_states_dtype=states_dtype, backend="cuda")
+        assert run(torch.bfloat16).shape == a["x"].shape
+        with pytest.raises(ValueError, match="chunk_states_dtype=torch.float16 with x of torch.bfloat16"):
+            run(torch.float16)
+
+
 def pretend_cuda_backend_available(monkeypatch):
     """Let select_backend pick "cuda" on a machine without a GPU (only its device probe needs
     one); the private ops then run their fake impls."""

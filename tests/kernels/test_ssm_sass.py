@@ -114,6 +114,15 @@ def _found(ssm_kernels, kernel, dtype_part):
             if re.search(rf"::{kernel}<", n) and dtype_part(n)}
 
 
+def _activations(name: str) -> str:
+    """A scan kernel's first template argument: its activation type."""
+    return re.search(r"<(\w+)", name).group(1)
+
+
+# 16-bit instantiations: fp16 and bf16, the chunk kernel each with an fp32 and a 16-bit state chain
+SIXTEEN_BIT_INSTANTIATIONS = {"chunk_cb_kernel": 2, "tc_chunk_kernel": 4}
+
+
 def _no_spills(name, k):
     assert not re.search(r"(STACK|LOCAL):[1-9]", k["usage"]), (name, k["usage"])
     assert not _count(k["ops"], "STL") + _count(k["ops"], "LDL"), name
@@ -121,8 +130,8 @@ def _no_spills(name, k):
 
 @pytest.mark.parametrize("kernel", sorted(TENSOR_CORE_SCAN_KERNELS))
 def test_ssd_scan_16_bit_matmul_kernels_use_tensor_cores(ssm_kernels, kernel):
-    found = _found(ssm_kernels, kernel, lambda n: "<float>" not in n)
-    assert len(found) == 2, sorted(found)  # fp16 and bf16
+    found = _found(ssm_kernels, kernel, lambda n: _activations(n) != "float")
+    assert len(found) == SIXTEEN_BIT_INSTANTIATIONS[kernel], sorted(found)
     for name, k in found.items():
         ops = k["ops"]
         bf16 = "bfloat16" in name
@@ -136,7 +145,7 @@ def test_ssd_scan_16_bit_matmul_kernels_use_tensor_cores(ssm_kernels, kernel):
 
 @pytest.mark.parametrize("kernel", sorted(TENSOR_CORE_SCAN_KERNELS))
 def test_ssd_scan_fp32_matmul_kernels_use_tf32_tensor_cores(ssm_kernels, kernel):
-    found = _found(ssm_kernels, kernel, lambda n: "<float>" in n)
+    found = _found(ssm_kernels, kernel, lambda n: _activations(n) == "float")
     assert len(found) == 1, sorted(found)
     (name, k), = found.items()
     ops = k["ops"]
@@ -159,12 +168,15 @@ def test_the_chunk_kernel_passes_the_states_itself(ssm_kernels):
     """Chunk states, state passing and chunk scan in one kernel: no state-passing, chunk-state or
     chunk-scan kernel of its own is built; every instantiation takes its ticket with a global
     atomic, waits with an acquire load at GPU scope (then drops its stale L1 lines) and
-    publishes with a release store after a barrier."""
+    publishes with a release store after a barrier. A 16-bit chain (chunk_states_dtype = x's
+    dtype) reads its entering states from L2 in 16 bits, an fp32 chain in 32."""
     assert not [n for n in ssm_kernels if re.search(r"state_passing|tc_chunk_(state|scan)", n)]
     found = _found(ssm_kernels, "tc_chunk_kernel", lambda n: True)
-    assert len(found) == 3, sorted(found)  # fp32, fp16, bf16
+    assert len(found) == 5, sorted(found)  # fp32; fp16 and bf16, each with both chains
     for name, k in found.items():
         ops = k["ops"]
+        chain = re.search(r"<\w+, (\w+)>", name).group(1)
+        assert bool(_count(ops, "LDG.E.U16.STRONG.GPU")) == (chain != "float"), name
         assert _count(ops, "ATOMG.E.ADD"), name  # the ticket
         assert _count(ops, "LDG.E.STRONG.GPU"), name  # ld.acquire.gpu (and the L2 reads)
         assert _count(ops, "CCTL.IVALL"), name  # the acquire invalidates L1

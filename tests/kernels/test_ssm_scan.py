@@ -377,11 +377,12 @@ needs_host_op = pytest.mark.skipif(not _extension.has_op("_ssd_scan"),
 
 
 def host_scan(x, dt, A, B, C, *, chunk_size, k, p, D=None, z=None, dt_bias=None, dt_softplus=False,
-              dt_limit=(0.0, float("inf")), initial_states=None, cu_seqlens=None):
+              dt_limit=(0.0, float("inf")), initial_states=None, cu_seqlens=None,
+              states_dtype=torch.float32):
     """The CUDA forward's code on the CPU: torch.ops.star_elastic._ssd_scan on CPU tensors."""
     bounds = None if cu_seqlens is None else packed_bounds(cu_seqlens, x.shape[1])
     return scan_module._cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, bounds, chunk_size,
-                             dt_softplus, dt_limit[0], dt_limit[1], k)
+                             dt_softplus, dt_limit[0], dt_limit[1], k, states_dtype)
 
 
 @needs_host_op
@@ -596,7 +597,8 @@ def test_cuda_code_on_cpu_through_the_op_directly():
     tables = chunk_tables(1, 4, None, 4, torch.device("cpu"))
     workspace = torch.empty(scan_module.workspace_floats(1, H, G, P, N, 4))
     args = [a["x"], a["dt"], a["A"], a["B"], a["C"], None, None, None, None, *tables, y, final,
-            workspace, torch.zeros(1, dtype=torch.int32), 4, H // G, False, 0.0, float("inf")]
+            workspace, torch.zeros(1, dtype=torch.int32), 4, H // G, False, 0.0, float("inf"),
+            torch.float32]
     torch.ops.star_elastic._ssd_scan(*args)
     want = sek.ssd_scan(a["x"], a["dt"], a["A"], a["B"], a["C"], backend="torch")
     torch.testing.assert_close(y, want, atol=2e-5, rtol=2e-5)
@@ -606,6 +608,8 @@ def test_cuda_code_on_cpu_through_the_op_directly():
         torch.ops.star_elastic._ssd_scan(*args[:15], 300, *args[16:])
     with pytest.raises(RuntimeError, match="errors"):
         torch.ops.star_elastic._ssd_scan(*args[:14], torch.zeros(2, dtype=torch.int32), *args[15:])
+    with pytest.raises(RuntimeError, match="chain_dtype must be float32 or x's 16-bit dtype"):
+        torch.ops.star_elastic._ssd_scan(*args[:-1], torch.bfloat16)  # x is fp32
 
 
 
@@ -631,7 +635,7 @@ def test_cuda_state_chain_reports_a_stall_instead_of_hanging():
     start = time.monotonic()
     torch.ops.star_elastic._ssd_scan(a["x"], a["dt"], a["A"], a["B"], a["C"], None, None, None,
                                      None, chunk_table, seq_table, y, final, workspace, errors,
-                                     8, H // G, False, 0.0, float("inf"))
+                                     8, H // G, False, 0.0, float("inf"), torch.float32)
     assert errors.item() == SCAN_CHAIN_STALLED
     assert time.monotonic() - start < 60  # one time limit, not one per waiting block and head
     chunks, tiles = 3, 1
@@ -677,6 +681,49 @@ def test_cuda_chunk_kernel_runs_batched_rows_side_by_side():
     check_device_errors("cpu")
 
 
+@needs_host_op
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_state_chain_in_16_bits(dtype):
+    """chunk_states_dtype = x's 16-bit dtype: the chain stores every state entering a chunk in
+    that dtype (half the bytes of fp32: the second half of the fp32-sized region stays
+    untouched), each the oracle's state at the chunk boundary rounded, and y and the final states
+    (fp32) stay within the 16-bit tolerance over 12 chunks of 2 batched rows, though they are not
+    the fp32 chain's bit for bit (its rounding is really in the chain)."""
+    Hb, Gb, k, p, Np, L, chunk = 2, 1, 2, 16, 16, 96, 8
+    a = scan_inputs(2, L, Hb, p, Gb, Np, seed=38, dtype=dtype)
+    kw = dict(D=a["D"], dt_bias=a["dt_bias"], dt_softplus=True, initial_states=a["init"])
+    y, final = host_scan(a["x"], a["dt"], a["A"], a["B"], a["C"], chunk_size=chunk, k=k, p=p,
+                         states_dtype=dtype, **kw)
+    want_y, want_final = sequential_scan(a["x"], a["dt"], a["A"], a["B"], a["C"],
+                                         heads_per_group=k, **kw)
+    assert y.dtype == dtype and final.dtype == torch.float32
+    assert_relative(y, want_y, TC_REL[dtype], "y")
+    assert_relative(final, want_final, TC_REL[dtype], "final states")
+    y32, final32 = host_scan(a["x"], a["dt"], a["A"], a["B"], a["C"], chunk_size=chunk, k=k, p=p,
+                             **kw)
+    assert not torch.equal(final, final32)
+
+    # the workspace itself, through the op: row 0 alone, 12 chunks
+    x, dt, B, C = a["x"][:1], a["dt"][:1], a["B"][:1], a["C"][:1]
+    chunk_table, seq_table = chunk_tables(1, L, None, chunk, torch.device("cpu"))
+    chunks = chunk_table.shape[1]
+    workspace = torch.full((scan_module.workspace_floats(chunks, Hb, Gb, p, Np, chunk),), 7.0)
+    torch.ops.star_elastic._ssd_scan(x, dt, a["A"], B, C, None, None, None, None, chunk_table,
+                                     seq_table, torch.empty_like(x), torch.empty(1, Hb, p, Np),
+                                     workspace, torch.zeros(1, dtype=torch.int32), chunk, k,
+                                     True, 0.0, float("inf"), dtype)
+    state_at, values = 2 * chunks * Hb * chunk, chunks * Hb * p * Np
+    region = workspace[state_at:state_at + values]
+    assert torch.equal(region[values // 2:], torch.full((values // 2,), 7.0))
+    entering = region[:values // 2].view(dtype).view(chunks, Hb, p, Np)
+    assert not entering[0].any()  # no initial state: the first chunk enters at zero
+    for c in range(1, chunks):
+        _, want_state = sequential_scan(x[:, :c * chunk], dt[:, :c * chunk], a["A"],
+                                        B[:, :c * chunk], C[:, :c * chunk], dt_softplus=True,
+                                        heads_per_group=k)
+        assert_relative(entering[c], want_state[0], TC_REL[dtype], f"entering state {c}")
+
+
 # --- property test -------------------------------------------------------------------------------
 
 
@@ -700,7 +747,7 @@ def test_cuda_state_chain_takes_every_ticket_and_publishes_each_entering_state_o
     errors = torch.zeros(1, dtype=torch.int32)
     torch.ops.star_elastic._ssd_scan(a["x"], a["dt"], a["A"], a["B"], a["C"], None, None, None,
                                      None, chunk_table, seq_table, y, final, workspace, errors,
-                                     chunk, k, False, 0.0, float("inf"))
+                                     chunk, k, False, 0.0, float("inf"), torch.float32)
     assert errors.item() == 0
     tiles = 2 * 2  # ceil(80 / 64) x ceil(70 / 64)
     scan_tiles = 2 * 1  # ceil(80 / 64) channel tiles x ceil(16 / 64) token tiles
@@ -867,14 +914,16 @@ def test_gpu_cuda_backend_at_nemotron_shapes(dtype, k, p):
 
 
 @pytest.mark.gpu
-def test_gpu_cuda_state_chain_over_many_chunks():
+@pytest.mark.parametrize("states_dtype", [torch.float32, torch.bfloat16])
+def test_gpu_cuda_state_chain_over_many_chunks(states_dtype):
     """One 64K-token sequence at the Nano v3 shape: 512 chunks of 128 hand their states on from
-    block to block (more blocks than fit on the GPU at once), against the Triton forward, twice
-    (the chain's flags are zeroed per launch), without a stall."""
+    block to block (more blocks than fit on the GPU at once), against the Triton forward (with
+    the same chunk-state storage), twice (the chain's flags are zeroed per launch), without a
+    stall; an fp32 and a bf16 chain."""
     Hg, Pg, Gg, Ng, L = 64, 64, 8, 128, 65_536
     a = scan_inputs(1, L, Hg, Pg, Gg, Ng, seed=28, dtype=torch.bfloat16, device="cuda")
     kw = dict(chunk_size=128, D=a["D"], dt_bias=a["dt_bias"], dt_softplus=True,
-              return_final_states=True)
+              return_final_states=True, chunk_states_dtype=states_dtype)
     want = sek.ssd_scan(a["x"], a["dt"], a["A"], a["B"], a["C"], backend="triton", **kw)
     for _ in range(2):
         got = sek.ssd_scan(a["x"], a["dt"], a["A"], a["B"], a["C"], backend="cuda", **kw)
