@@ -55,7 +55,8 @@ def from_hf(model_or_path) -> ElasticModel:
     if isinstance(model_or_path, (str, os.PathLike)):
         if not os.path.isdir(model_or_path):
             raise ValueError(f"{model_or_path!r} is not a local checkpoint directory")
-        model_or_path = _nemotron_h_class().from_pretrained(model_or_path, local_files_only=True)
+        # use_kernels=False: transformers >= 5.25 otherwise swaps layers for Hub kernels it may fetch.
+        model_or_path = _nemotron_h_class().from_pretrained(model_or_path, local_files_only=True, use_kernels=False)
     hf_model = model_or_path
     config = ElasticConfig.from_hf(hf_model.config)
     with torch.device("meta"):

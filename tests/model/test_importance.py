@@ -44,7 +44,7 @@ def test_scores_match_activations_captured_from_transformers():
     layers[3].mixer.down_proj.register_forward_hook(save("mlp", True))
     with torch.no_grad():
         for ids in BATCHES:
-            hf(ids)
+            hf(ids, use_cache=False)
     torch.testing.assert_close(importance.hidden.double(), hidden, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(importance.mlp_neurons[3].double(), captured["mlp"], rtol=1e-4, atol=1e-4)
     x_squares = captured["mamba"][64:128].view(8, 8)  # x rows of in_proj: (H, P)
