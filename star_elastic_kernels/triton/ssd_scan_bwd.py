@@ -46,6 +46,27 @@ STATE_BLOCK_N = 64  # state entries per step of the local kernel's loop, per sha
 
 
 @triton.jit
+def _chunk_bwd_setup(dt_ptr, A_ptr, dt_bias_ptr, chunk_table_ptr,
+                     num_chunks, heads_per_group, parent_heads_per_group,
+                     stride_dt_b, stride_dt_l, stride_dt_h, dt_min, dt_max,
+                     HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """What every chunk kernel of a (chunk, head) needs first: its tables and decays."""
+    chunk = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    batch = tl.load(chunk_table_ptr + chunk)
+    token0 = tl.load(chunk_table_ptr + num_chunks + chunk)
+    length = tl.load(chunk_table_ptr + 2 * num_chunks + chunk)
+    group = head // heads_per_group
+    parent_head = group * parent_heads_per_group + head % heads_per_group
+    dt, cum = _chunk_dt_and_cumsum(dt_ptr, dt_bias_ptr, A_ptr, batch, token0, length, head,
+                                   parent_head, stride_dt_b, stride_dt_l, stride_dt_h, HAS_DT_BIAS,
+                                   DT_SOFTPLUS, dt_min, dt_max, BLOCK_Q)
+    t = tl.arange(0, BLOCK_Q).to(tl.int64)
+    rows = token0 + t
+    return chunk, head, batch, token0, length, group, parent_head, dt, cum, t, rows, t < length
+
+
+@triton.jit
 def _output_state_grad_kernel(
     dout_ptr, z_ptr, dt_ptr, A_ptr, C_ptr, dt_bias_ptr, chunk_table_ptr, dstates_ptr,
     num_chunks, heads_per_group, parent_heads_per_group, head_dim, state_size, num_active,
@@ -55,20 +76,11 @@ def _output_state_grad_kernel(
     HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    chunk = tl.program_id(0).to(tl.int64)
-    head = tl.program_id(1).to(tl.int64)
+    chunk, head, batch, token0, length, group, parent_head, _, cum, t, rows, in_chunk = \
+        _chunk_bwd_setup(dt_ptr, A_ptr, dt_bias_ptr, chunk_table_ptr, num_chunks,
+                         heads_per_group, parent_heads_per_group, stride_dt_b, stride_dt_l,
+                         stride_dt_h, dt_min, dt_max, HAS_DT_BIAS, DT_SOFTPLUS, BLOCK_Q)
     p0 = tl.program_id(2).to(tl.int64) * BLOCK_P
-    batch = tl.load(chunk_table_ptr + chunk)
-    token0 = tl.load(chunk_table_ptr + num_chunks + chunk)
-    length = tl.load(chunk_table_ptr + 2 * num_chunks + chunk)
-    group = head // heads_per_group
-    parent_head = group * parent_heads_per_group + head % heads_per_group
-    _, cum = _chunk_dt_and_cumsum(dt_ptr, dt_bias_ptr, A_ptr, batch, token0, length, head,
-                                  parent_head, stride_dt_b, stride_dt_l, stride_dt_h, HAS_DT_BIAS,
-                                  DT_SOFTPLUS, dt_min, dt_max, BLOCK_Q)
-    t = tl.arange(0, BLOCK_Q).to(tl.int64)
-    rows = token0 + t
-    in_chunk = t < length
     p = p0 + tl.arange(0, BLOCK_P).to(tl.int64)
     tile = in_chunk[:, None] & (p[None, :] < head_dim)
     gy = tl.load(dout_ptr + batch * stride_do_b + rows[:, None] * stride_do_l
@@ -112,27 +124,6 @@ def _state_passing_bwd_kernel(
         tl.store(slot, grad, mask=mask)  # from here on: gradient of the state leaving the chunk
         grad = from_outputs + tl.load(chunk_decay_ptr + chunk * num_active + head) * grad
     tl.store(dinitial_ptr + (seq * num_active + head) * state_numel + offs, grad, mask=mask)
-
-
-@triton.jit
-def _chunk_bwd_setup(dt_ptr, A_ptr, dt_bias_ptr, chunk_table_ptr,
-                     num_chunks, heads_per_group, parent_heads_per_group,
-                     stride_dt_b, stride_dt_l, stride_dt_h, dt_min, dt_max,
-                     HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, BLOCK_Q: tl.constexpr):
-    """What every chunk kernel of a (chunk, head) needs first: its tables and decays."""
-    chunk = tl.program_id(0).to(tl.int64)
-    head = tl.program_id(1).to(tl.int64)
-    batch = tl.load(chunk_table_ptr + chunk)
-    token0 = tl.load(chunk_table_ptr + num_chunks + chunk)
-    length = tl.load(chunk_table_ptr + 2 * num_chunks + chunk)
-    group = head // heads_per_group
-    parent_head = group * parent_heads_per_group + head % heads_per_group
-    dt, cum = _chunk_dt_and_cumsum(dt_ptr, dt_bias_ptr, A_ptr, batch, token0, length, head,
-                                   parent_head, stride_dt_b, stride_dt_l, stride_dt_h, HAS_DT_BIAS,
-                                   DT_SOFTPLUS, dt_min, dt_max, BLOCK_Q)
-    t = tl.arange(0, BLOCK_Q).to(tl.int64)
-    rows = token0 + t
-    return chunk, head, batch, token0, length, group, parent_head, dt, cum, t, rows, t < length
 
 
 @triton.jit
