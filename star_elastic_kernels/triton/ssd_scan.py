@@ -47,6 +47,15 @@ CHUNK_SCAN_WARPS = 8  # two (64, 64) fp32 accumulators (outputs, scores): two wa
 
 
 @triton.jit
+def _chunk_entry(chunk_table_ptr, num_chunks, chunk):
+    """Row, first token and length of ``chunk`` (the launcher's (3, chunks) table)."""
+    batch = tl.load(chunk_table_ptr + chunk)
+    token0 = tl.load(chunk_table_ptr + num_chunks + chunk)
+    length = tl.load(chunk_table_ptr + 2 * num_chunks + chunk)
+    return batch, token0, length
+
+
+@triton.jit
 def _discretize_dt(dt_raw, bias, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, dt_min,
                    dt_max):
     dt = dt_raw.to(tl.float32)
@@ -96,9 +105,7 @@ def _chunk_cumsum_kernel(
 ):
     chunk = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
-    batch = tl.load(chunk_table_ptr + chunk)
-    token0 = tl.load(chunk_table_ptr + num_chunks + chunk)
-    length = tl.load(chunk_table_ptr + 2 * num_chunks + chunk)
+    batch, token0, length = _chunk_entry(chunk_table_ptr, num_chunks, chunk)
     group = head // heads_per_group
     parent_head = group * parent_heads_per_group + head % heads_per_group
     dt, cum = _chunk_dt_and_cumsum(dt_ptr, dt_bias_ptr, A_ptr, batch, token0, length, head,
@@ -126,9 +133,7 @@ def _chunk_state_kernel(
     n_blocks = tl.cdiv(state_size, BLOCK_N)
     p0 = (tl.program_id(2) // n_blocks).to(tl.int64) * BLOCK_P
     n0 = (tl.program_id(2) % n_blocks).to(tl.int64) * BLOCK_N
-    batch = tl.load(chunk_table_ptr + chunk)
-    token0 = tl.load(chunk_table_ptr + num_chunks + chunk)
-    length = tl.load(chunk_table_ptr + 2 * num_chunks + chunk)
+    batch, token0, length = _chunk_entry(chunk_table_ptr, num_chunks, chunk)
     group = head // heads_per_group
     base = (chunk * num_active + head) * BLOCK_Q
     cum_base = dt_cum_ptr + num_chunks * num_active * BLOCK_Q + base
@@ -206,9 +211,7 @@ def _chunk_scan_kernel(
     m0 = (tl.program_id(0) % row_blocks).to(tl.int64) * BLOCK_M
     head = tl.program_id(1).to(tl.int64)
     p0 = tl.program_id(2).to(tl.int64) * BLOCK_P
-    batch = tl.load(chunk_table_ptr + chunk)
-    token0 = tl.load(chunk_table_ptr + num_chunks + chunk)
-    length = tl.load(chunk_table_ptr + 2 * num_chunks + chunk)
+    batch, token0, length = _chunk_entry(chunk_table_ptr, num_chunks, chunk)
     group = head // heads_per_group
     parent_head = group * parent_heads_per_group + head % heads_per_group
     act = x_ptr.dtype.element_ty

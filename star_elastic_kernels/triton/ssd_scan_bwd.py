@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from star_elastic_kernels.triton.ssd_scan import _chunk_dt_and_cumsum, _entering_states
+from star_elastic_kernels.triton.ssd_scan import _chunk_dt_and_cumsum, _chunk_entry, _entering_states
 
 CHUNK = 64  # the backward's own chunk: whole-chunk tiles, the smallest wgmma M (see ssd_scan_bwd)
 BWD_WARPS = 8
@@ -53,9 +53,7 @@ def _chunk_bwd_setup(dt_ptr, A_ptr, dt_bias_ptr, chunk_table_ptr,
     """What every chunk kernel of a (chunk, head) needs first: its tables and decays."""
     chunk = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
-    batch = tl.load(chunk_table_ptr + chunk)
-    token0 = tl.load(chunk_table_ptr + num_chunks + chunk)
-    length = tl.load(chunk_table_ptr + 2 * num_chunks + chunk)
+    batch, token0, length = _chunk_entry(chunk_table_ptr, num_chunks, chunk)
     group = head // heads_per_group
     parent_head = group * parent_heads_per_group + head % heads_per_group
     dt, cum = _chunk_dt_and_cumsum(dt_ptr, dt_bias_ptr, A_ptr, batch, token0, length, head,
