@@ -2,8 +2,19 @@
 
 import torch
 
+from star_elastic.budget import Budget, LayerBudget
 from star_elastic.config import ElasticConfig
 from star_elastic.model import ElasticModel
+
+# Budgets of tiny_model(): one width per axis everywhere, and per-layer widths with a layer skipped.
+UNIFORM = Budget(hidden_size=24, mamba_heads_per_group=3, mamba_head_dim=4, attention_heads_per_group=1,
+                 mlp_width=20, moe_experts=4, moe_expert_width=8, moe_shared_width=12)
+HETEROGENEOUS = Budget(
+    hidden_size=16, moe_experts=3,
+    layers=(LayerBudget(mamba_heads_per_group=2, mamba_head_dim=8), None, LayerBudget(moe_expert_width=4),
+            LayerBudget(mlp_width=4), LayerBudget(mamba_heads_per_group=1, mamba_head_dim=3)),
+    skip_layers={1},
+)
 
 
 def toy_config(**overrides) -> ElasticConfig:

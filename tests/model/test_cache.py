@@ -6,7 +6,7 @@ import torch
 from star_elastic.budget import Budget, LayerBudget
 from star_elastic.cache import InferenceCache
 
-from .helpers import input_ids, tiny_model
+from .helpers import HETEROGENEOUS, UNIFORM, input_ids, tiny_model
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -18,14 +18,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-UNIFORM = Budget(hidden_size=24, mamba_heads_per_group=3, mamba_head_dim=4, attention_heads_per_group=1,
-                 mlp_width=20, moe_experts=4, moe_expert_width=8, moe_shared_width=12)
-HETEROGENEOUS = Budget(
-    hidden_size=16, moe_experts=3,
-    layers=(LayerBudget(mamba_heads_per_group=2, mamba_head_dim=8), None, LayerBudget(moe_expert_width=4),
-            LayerBudget(mlp_width=4), LayerBudget(mamba_heads_per_group=1, mamba_head_dim=3)),
-    skip_layers={1},
-)
 HETEROGENEOUS_KEEPS_ATTENTION = Budget(
     hidden_size=24,
     layers=(LayerBudget(mamba_heads_per_group=1, mamba_head_dim=5), LayerBudget(attention_heads_per_group=1),

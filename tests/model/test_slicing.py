@@ -6,19 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import NemotronHForCausalLM
 
-from star_elastic.budget import Budget, LayerBudget
+from star_elastic.budget import Budget
 from star_elastic.slicing import ELASTIC_CONFIG_NAME, export, load, slice_model
 
-from .helpers import input_ids, tiny_config, tiny_model
-
-UNIFORM = Budget(hidden_size=24, mamba_heads_per_group=3, mamba_head_dim=4, attention_heads_per_group=1,
-                 mlp_width=20, moe_experts=4, moe_expert_width=8, moe_shared_width=12)
-HETEROGENEOUS = Budget(
-    hidden_size=16, moe_experts=3,
-    layers=(LayerBudget(mamba_heads_per_group=2, mamba_head_dim=8), None, LayerBudget(moe_expert_width=4),
-            LayerBudget(mlp_width=4), LayerBudget(mamba_heads_per_group=1, mamba_head_dim=3)),
-    skip_layers={1},
-)
+from .helpers import HETEROGENEOUS, UNIFORM, input_ids, tiny_config, tiny_model
 
 
 @pytest.mark.parametrize("budget", [Budget(), UNIFORM, HETEROGENEOUS, Budget(skip_layers={0, 2, 3})],
