@@ -5,11 +5,12 @@ import math
 import subprocess
 import sys
 
-import pytest
-
 import copy
 
-from star_elastic.demo import BUDGETS, _points, claims, configuration_cost, render_markdown
+import pytest
+
+from star_elastic import data
+from star_elastic.demo import BUDGETS, DemoSettings, _points, claims, configuration_cost, render_markdown
 
 
 def finite_numbers(tree):
@@ -34,6 +35,18 @@ def test_configuration_cost_by_hand():
 
 
 @pytest.mark.slow
+def test_full_demo_caps_fall_inside_the_test_scratchpads():
+    # a cap below the shortest scratchpad cuts every problem and a cap above the longest cuts none:
+    # neither says how accuracy trades against thinking, so the sweep must have caps in between
+    settings = DemoSettings.full()
+    test = data.arithmetic_examples(settings.test_examples, min_digits=settings.long_digits[0],
+                                    max_digits=settings.long_digits[1], seed=1000)
+    lengths = sorted(len(data.load_tokenizer("char").encode(e.thinking)) for e in test)
+    fits = [sum(n <= cap for n in lengths) / len(lengths) for cap in settings.thinking_caps]
+    inside = [f for f in fits if 0.05 < f < 0.95]
+    assert len(inside) >= 2, (settings.thinking_caps, lengths[0], lengths[-1], fits)
+
+
 def test_quick_demo_reports_every_configuration_and_the_claims(tmp_path):
     result = subprocess.run([sys.executable, "-m", "star_elastic.cli", "demo", "--quick", "--out",
                              str(tmp_path)], capture_output=True, text=True, timeout=900)
