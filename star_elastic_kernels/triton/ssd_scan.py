@@ -87,6 +87,26 @@ def _chunk_dt_and_cumsum(dt_ptr, dt_bias_ptr, A_ptr, batch, token0, length, head
 
 
 @triton.jit
+def _chunk_setup(dt_ptr, A_ptr, dt_bias_ptr, chunk_table_ptr,
+                 num_chunks, heads_per_group, parent_heads_per_group,
+                 stride_dt_b, stride_dt_l, stride_dt_h, dt_min, dt_max,
+                 HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """What every chunk kernel of a (chunk, head) program needs first: its chunk table entry, its
+    parent head, and its dt and cumulative log-decay (forward cumsum and all backward kernels)."""
+    chunk = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    batch, token0, length = _chunk_entry(chunk_table_ptr, num_chunks, chunk)
+    group = head // heads_per_group
+    parent_head = group * parent_heads_per_group + head % heads_per_group
+    dt, cum = _chunk_dt_and_cumsum(dt_ptr, dt_bias_ptr, A_ptr, batch, token0, length, head,
+                                   parent_head, stride_dt_b, stride_dt_l, stride_dt_h, HAS_DT_BIAS,
+                                   DT_SOFTPLUS, dt_min, dt_max, BLOCK_Q)
+    t = tl.arange(0, BLOCK_Q).to(tl.int64)
+    rows = token0 + t
+    return chunk, head, batch, token0, length, group, parent_head, dt, cum, t, rows, t < length
+
+
+@triton.jit
 def _dot(a, b, acc, FP32: tl.constexpr):
     """acc + a @ b on tensor cores: TF32 for fp32 operands (as mamba-ssm's Triton SSD; 3xTF32
     would keep fp32 accuracy but needs more registers than a program has), else the operands'
@@ -103,15 +123,10 @@ def _chunk_cumsum_kernel(
     stride_dt_b, stride_dt_l, stride_dt_h, dt_min, dt_max,
     HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):
-    chunk = tl.program_id(0).to(tl.int64)
-    head = tl.program_id(1).to(tl.int64)
-    batch, token0, length = _chunk_entry(chunk_table_ptr, num_chunks, chunk)
-    group = head // heads_per_group
-    parent_head = group * parent_heads_per_group + head % heads_per_group
-    dt, cum = _chunk_dt_and_cumsum(dt_ptr, dt_bias_ptr, A_ptr, batch, token0, length, head,
-                                   parent_head, stride_dt_b, stride_dt_l, stride_dt_h, HAS_DT_BIAS,
-                                   DT_SOFTPLUS, dt_min, dt_max, BLOCK_Q)
-    t = tl.arange(0, BLOCK_Q)
+    chunk, head, _, _, length, _, _, dt, cum, t, _, _ = \
+        _chunk_setup(dt_ptr, A_ptr, dt_bias_ptr, chunk_table_ptr, num_chunks, heads_per_group,
+                     parent_heads_per_group, stride_dt_b, stride_dt_l, stride_dt_h, dt_min, dt_max,
+                     HAS_DT_BIAS, DT_SOFTPLUS, BLOCK_Q)
     base = (chunk * num_active + head) * BLOCK_Q
     tl.store(dt_cum_ptr + base + t, dt)
     tl.store(dt_cum_ptr + num_chunks * num_active * BLOCK_Q + base + t, cum)

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from star_elastic_kernels.triton.ssd_scan import _chunk_dt_and_cumsum, _chunk_entry, _entering_states
+from star_elastic_kernels.triton.ssd_scan import _chunk_setup, _entering_states
 
 CHUNK = 64  # the backward's own chunk: whole-chunk tiles, the smallest wgmma M (see ssd_scan_bwd)
 BWD_WARPS = 8
@@ -46,25 +46,6 @@ STATE_BLOCK_N = 64  # state entries per step of the local kernel's loop, per sha
 
 
 @triton.jit
-def _chunk_bwd_setup(dt_ptr, A_ptr, dt_bias_ptr, chunk_table_ptr,
-                     num_chunks, heads_per_group, parent_heads_per_group,
-                     stride_dt_b, stride_dt_l, stride_dt_h, dt_min, dt_max,
-                     HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, BLOCK_Q: tl.constexpr):
-    """What every chunk kernel of a (chunk, head) needs first: its tables and decays."""
-    chunk = tl.program_id(0).to(tl.int64)
-    head = tl.program_id(1).to(tl.int64)
-    batch, token0, length = _chunk_entry(chunk_table_ptr, num_chunks, chunk)
-    group = head // heads_per_group
-    parent_head = group * parent_heads_per_group + head % heads_per_group
-    dt, cum = _chunk_dt_and_cumsum(dt_ptr, dt_bias_ptr, A_ptr, batch, token0, length, head,
-                                   parent_head, stride_dt_b, stride_dt_l, stride_dt_h, HAS_DT_BIAS,
-                                   DT_SOFTPLUS, dt_min, dt_max, BLOCK_Q)
-    t = tl.arange(0, BLOCK_Q).to(tl.int64)
-    rows = token0 + t
-    return chunk, head, batch, token0, length, group, parent_head, dt, cum, t, rows, t < length
-
-
-@triton.jit
 def _output_state_grad_kernel(
     dout_ptr, z_ptr, dt_ptr, A_ptr, C_ptr, dt_bias_ptr, chunk_table_ptr, dstates_ptr,
     num_chunks, heads_per_group, parent_heads_per_group, head_dim, state_size, num_active,
@@ -75,9 +56,9 @@ def _output_state_grad_kernel(
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     chunk, head, batch, token0, length, group, parent_head, _, cum, t, rows, in_chunk = \
-        _chunk_bwd_setup(dt_ptr, A_ptr, dt_bias_ptr, chunk_table_ptr, num_chunks,
-                         heads_per_group, parent_heads_per_group, stride_dt_b, stride_dt_l,
-                         stride_dt_h, dt_min, dt_max, HAS_DT_BIAS, DT_SOFTPLUS, BLOCK_Q)
+        _chunk_setup(dt_ptr, A_ptr, dt_bias_ptr, chunk_table_ptr, num_chunks,
+                     heads_per_group, parent_heads_per_group, stride_dt_b, stride_dt_l,
+                     stride_dt_h, dt_min, dt_max, HAS_DT_BIAS, DT_SOFTPLUS, BLOCK_Q)
     p0 = tl.program_id(2).to(tl.int64) * BLOCK_P
     p = p0 + tl.arange(0, BLOCK_P).to(tl.int64)
     tile = in_chunk[:, None] & (p[None, :] < head_dim)
@@ -160,9 +141,9 @@ def _chunk_bwd_local_kernel(
     """Per (chunk, head, channel block): the channel-local gradients (x, z, D) and the block's
     share of the per-token sums the log-decay gradient needs (to ``parts``/``state_dot``)."""
     chunk, head, batch, token0, length, group, parent_head, dt, cum, t, rows, in_chunk = \
-        _chunk_bwd_setup(dt_ptr, A_ptr, dt_bias_ptr, chunk_table_ptr, num_chunks,
-                         heads_per_group, parent_heads_per_group, stride_dt_b, stride_dt_l,
-                         stride_dt_h, dt_min, dt_max, HAS_DT_BIAS, DT_SOFTPLUS, BLOCK_Q)
+        _chunk_setup(dt_ptr, A_ptr, dt_bias_ptr, chunk_table_ptr, num_chunks,
+                     heads_per_group, parent_heads_per_group, stride_dt_b, stride_dt_l,
+                     stride_dt_h, dt_min, dt_max, HAS_DT_BIAS, DT_SOFTPLUS, BLOCK_Q)
     p_block = tl.program_id(2)
     p = p_block.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
     p_mask = p < head_dim
@@ -247,9 +228,9 @@ def _chunk_bwd_shared_kernel(
     """Per (chunk, head, state block): the gradients of B and C of the head, which sum over the
     head's channels (a loop over channel blocks)."""
     chunk, head, batch, token0, length, group, parent_head, dt, cum, t, rows, in_chunk = \
-        _chunk_bwd_setup(dt_ptr, A_ptr, dt_bias_ptr, chunk_table_ptr, num_chunks,
-                         heads_per_group, parent_heads_per_group, stride_dt_b, stride_dt_l,
-                         stride_dt_h, dt_min, dt_max, HAS_DT_BIAS, DT_SOFTPLUS, BLOCK_Q)
+        _chunk_setup(dt_ptr, A_ptr, dt_bias_ptr, chunk_table_ptr, num_chunks,
+                     heads_per_group, parent_heads_per_group, stride_dt_b, stride_dt_l,
+                     stride_dt_h, dt_min, dt_max, HAS_DT_BIAS, DT_SOFTPLUS, BLOCK_Q)
     n = tl.program_id(2).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     n_mask = n < state_size
     token = batch * seqlen + rows
@@ -304,9 +285,9 @@ def _decay_grad_kernel(
     """Per (chunk, head): raw dt's gradient and the chunk's share of A's, from the local kernel's
     per-token sums over channel blocks; the log-decay gradient is reverse-cumsummed."""
     chunk, head, batch, token0, length, group, parent_head, dt, cum, t, rows, in_chunk = \
-        _chunk_bwd_setup(dt_ptr, A_ptr, dt_bias_ptr, chunk_table_ptr, num_chunks,
-                         heads_per_group, parent_heads_per_group, stride_dt_b, stride_dt_l,
-                         stride_dt_h, dt_min, dt_max, HAS_DT_BIAS, DT_SOFTPLUS, BLOCK_Q)
+        _chunk_setup(dt_ptr, A_ptr, dt_bias_ptr, chunk_table_ptr, num_chunks,
+                     heads_per_group, parent_heads_per_group, stride_dt_b, stride_dt_l,
+                     stride_dt_h, dt_min, dt_max, HAS_DT_BIAS, DT_SOFTPLUS, BLOCK_Q)
     a = tl.load(A_ptr + parent_head).to(tl.float32)
     token = batch * seqlen + rows
     is_last = t == length - 1
