@@ -347,13 +347,13 @@ def normalise_costs(configurations: list[dict]) -> None:
                                  for rho in configuration["bytes_per_problem"]}
 
 
-def dominated_pairs(configurations: list[dict], rho: str) -> list[dict]:
-    """Every (think-small / answer-large pair, fixed configuration) where the pair is at least as
-    accurate and at most as costly at ``rho``, strictly better in one of the two. A fixed
-    configuration that solves nothing is no baseline and is left out."""
+def dominated_pairs(configurations: list[dict], rho: str, *, switch: str = "reprefill") -> list[dict]:
+    """Every (think-small / answer-large pair switching by ``switch``, fixed configuration) where
+    the pair is at least as accurate and at most as costly at ``rho``, strictly better in one of
+    the two. A fixed configuration that solves nothing is no baseline and is left out."""
     order = [name for name, _ in BUDGETS]  # largest first
     mixed = [c for c in configurations if order.index(c["think"]) > order.index(c["answer"])
-             and c["switch"] == "reprefill"]
+             and c["switch"] == switch]
     fixed = [c for c in configurations if c["think"] == c["answer"] and c["accuracy"] > 0]
     found = []
     for m in mixed:
@@ -552,11 +552,12 @@ def claims(runs: list[dict]) -> dict:
             "seeds": [r["seed"] for r in runs], "nested_vs_separate": nested, "frontier": frontier}
 
 
-def _mean_configurations(runs: list[dict]) -> list[dict]:
-    """The configurations with accuracy and costs averaged over the runs (and their std)."""
+def _mean_configurations(runs: list[dict], key: str = "configurations") -> list[dict]:
+    """The runs' ``key`` rows (configurations, or the transplant pairs) with accuracy and costs
+    averaged over the runs (and their std)."""
     averaged = []
-    for index, first in enumerate(runs[0]["configurations"]):
-        same = [r["configurations"][index] for r in runs]
+    for index, first in enumerate(runs[0][key]):
+        same = [r[key][index] for r in runs]
         row = {key: first[key] for key in ("think", "answer", "thinking_cap", "switch")}
         row["accuracy"] = statistics.fmean(c["accuracy"] for c in same)
         row["accuracy_std"] = statistics.pstdev(c["accuracy"] for c in same)
@@ -677,9 +678,13 @@ def _claims_in_words(results: dict, runs: list[dict]) -> list[str]:
     lines.append(f"- (a) Every nested budget within 2 points of (or above) its separately distilled twin at equal "
                  f"total compute: **{verdict}** ({len(within)} of {len(nested)} budgets).")
     configurations = _mean_configurations(runs)
-    for rho, words in (("1.0", "rho = 1 (a re-prefilled token costs a decoded one)"),
-                       ("0.0", "rho = 0 (re-prefill free)")):
-        found = dominated_pairs(configurations, rho)
+    transplant = _mean_configurations(runs, "transplant")
+    for rho, switch, words in (
+            ("1.0", "reprefill", "rho = 1 (a re-prefilled token costs a decoded one)"),
+            ("0.0", "reprefill", "rho = 0 (re-prefill free)"),
+            ("1.0", "transplant", "any rho with the cache-transplant switch (no re-prefill: the answering "
+                                  "budget continues the thinker's cache, lossy; uncapped pairs only)")):
+        found = dominated_pairs(configurations + transplant, rho, switch=switch)
         if found:
             best = max(found, key=lambda d: (d["accuracy"] - d["dominated_accuracy"], -d["cost"]))
             lines.append(f"- (b) at {words}: **some think-small / answer-large pair Pareto-dominates a fixed "
@@ -691,7 +696,8 @@ def _claims_in_words(results: dict, runs: list[dict]) -> list[str]:
     lines.append("  At rho = 1 a re-prefill costs the answering budget as many token-costs as the thinking "
                  "had, so a small thinker cannot be cheaper than the answering budget thinking itself; "
                  "the pair can only win where re-prefill is cheap (rho near 0, prefill running in "
-                 "parallel on a GPU) or against a costlier fixed configuration.")
+                 "parallel on a GPU), where the switch needs no re-prefill (the transplant: what it loses "
+                 "per pair is in its table below), or against a costlier fixed configuration.")
     return lines
 
 

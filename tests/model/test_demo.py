@@ -10,7 +10,8 @@ import copy
 import pytest
 
 from star_elastic import data
-from star_elastic.demo import BUDGETS, DemoSettings, _points, claims, configuration_cost, render_markdown
+from star_elastic.demo import (BUDGETS, DemoSettings, _points, claims, configuration_cost, dominated_pairs,
+                               render_markdown)
 
 
 def finite_numbers(tree):
@@ -35,6 +36,30 @@ def test_configuration_cost_by_hand():
 
 
 @pytest.mark.slow
+def _configuration(think, answer, accuracy, rho1, rho0=None, *, switch="reprefill", cap=None):
+    return {"think": think, "answer": answer, "thinking_cap": cap, "switch": switch, "accuracy": accuracy,
+            "cost": {"1.0": rho1, "0.0": rho1 if rho0 is None else rho0}}
+
+
+def test_dominated_pairs_by_switch_and_rho():
+    configurations = [
+        _configuration("100%", "100%", 0.90, 1.00),
+        _configuration("100%", "100%", 0.50, 0.80, cap=24),
+        _configuration("100%", "100%", 0.00, 0.20, cap=0),  # solves nothing: no baseline
+        _configuration("45%", "45%", 0.40, 0.45),
+        _configuration("45%", "100%", 0.91, 1.60, 0.60),  # re-prefill: pays the thinking again at rho 1
+        _configuration("100%", "45%", 0.95, 0.50, switch="transplant"),  # thinks large: not a candidate
+        _configuration("45%", "100%", 0.60, 0.70, switch="transplant"),
+    ]
+    def pairs(rho, switch):
+        return {(d["pair"], d["dominates"]) for d in dominated_pairs(configurations, rho, switch=switch)}
+
+    assert pairs("1.0", "reprefill") == set()
+    # more accurate than 45%->45% but costlier: no dominance either way
+    assert pairs("0.0", "reprefill") == {("45%->100%", "100%->100%"), ("45%->100%", "100%->100% cap 24")}
+    assert pairs("1.0", "transplant") == {("45%->100%", "100%->100% cap 24")}
+
+
 def test_full_demo_caps_fall_inside_the_test_scratchpads():
     # a cap below the shortest scratchpad cuts every problem and a cap above the longest cuts none:
     # neither says how accuracy trades against thinking, so the sweep must have caps in between
