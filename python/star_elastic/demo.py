@@ -48,7 +48,7 @@ from .config import ElasticConfig
 from .elastic_checkpoint import save_elastic
 from .generation import generate
 from .importance import estimate_importance, permute_
-from .losses import next_token_ce
+from .losses import kd_loss_per_sample, next_token_ce
 from .model import ElasticModel
 from .params import decode_bytes_per_token, parameter_count
 from .router import ElasticRouter
@@ -241,7 +241,8 @@ def distillation_config(settings: DemoSettings, out: Path, stages: list[Stage], 
 
 def elastic_run(parent: ElasticModel, layer_order: list[int], task: Task, settings: DemoSettings,
                 out: Path, seed: int):
-    """(student, trained budgets, trainer history, seconds) of the one elastic run."""
+    """(student, trained budgets, trainer history, seconds, router, probe KD) of the one elastic
+    run; the seconds leave out the probes (:func:`switch_probe_steps`)."""
     student = make_student(parent)
     names = tuple(name for name, _ in BUDGETS)
     config = distillation_config(settings, out, curriculum(settings, task, settings.elastic_stage_steps),
@@ -249,11 +250,62 @@ def elastic_run(parent: ElasticModel, layer_order: list[int], task: Task, settin
     router = ElasticRouter(student.config, names, config.budget_targets, cost="active",
                            layer_order=layer_order, depth_fractions=settings.depth_fractions)
     trainer = ElasticDistillationTrainer(parent, student, router, task.tokens, task.mask, config)
+    probes = probe_problems(parent, task, seed)
+    probe_at = set(switch_probe_steps(settings))
+    probe = {"steps": [], "rows": {kind: int(p[0].shape[0]) for kind, p in probes.items()}}
+    probe_seconds = 0.0
+
+    def after_step(_metrics):
+        nonlocal probe_seconds
+        if trainer.step in probe_at:
+            begin = time.perf_counter()
+            probe["steps"].append(trainer.step)
+            for name, kinds in probe_kd(student, trainer.trained_budgets(), probes).items():
+                for kind, value in kinds.items():
+                    probe.setdefault(name, {}).setdefault(kind, []).append(value)
+            probe_seconds += time.perf_counter() - begin
+
     start = time.perf_counter()
-    history = trainer.train()
-    seconds = time.perf_counter() - start
+    history = trainer.train(after_step=after_step)
+    seconds = time.perf_counter() - start - probe_seconds
     student.eval()
-    return student, trainer.trained_budgets(), history, seconds, router
+    return student, trainer.trained_budgets(), history, seconds, router, probe
+
+
+def switch_probe_steps(settings: DemoSettings) -> list[int]:
+    """Steps done after which the elastic run probes the KD: every 5 steps from a window before
+    the stage switch to two windows after it (the switch itself: the short stage done, no long
+    step yet), and the last step."""
+    switch, window = settings.elastic_stage_steps[0], _switch_window(settings)
+    stride = max(1, window // 2)
+    steps = range(max(1, switch - window), min(settings.elastic_steps, switch + 2 * window) + 1, stride)
+    return sorted({*steps, switch, settings.elastic_steps})
+
+
+def probe_problems(parent: ElasticModel, task: Task, seed: int, rows: int = 64) -> dict:
+    """Fixed training problems for the KD probes: ``rows`` that fit the short stage and ``rows``
+    that only the long stage has, as {kind: (tokens (rows, l), mask (rows, l), teacher logits)}."""
+    lengths = task.mask.sum(1)
+    generator = torch.Generator().manual_seed(seed + 7)  # its own: the run's random draws stay as they were
+    probes = {}
+    for kind, fits in (("short", lengths <= task.short_len), ("long", lengths > task.short_len)):
+        candidates = fits.nonzero().flatten()
+        if candidates.numel() == 0:
+            continue
+        picked = candidates[torch.randperm(candidates.numel(), generator=generator)[:rows]]
+        length = int(lengths[picked].max())
+        tokens, mask = task.tokens[picked, :length], task.mask[picked, :length]
+        with torch.no_grad():
+            probes[kind] = (tokens, mask, parent(tokens))
+    return probes
+
+
+def probe_kd(student: ElasticModel, budgets: dict[str, Budget], probes: dict) -> dict:
+    """{budget: {kind: mean per-problem KD}} of each budget's architecture on the probe problems."""
+    with torch.no_grad():
+        return {name: {kind: float(kd_loss_per_sample(student(tokens, budget), teacher, mask=mask).mean())
+                       for kind, (tokens, mask, teacher) in probes.items()}
+                for name, budget in budgets.items()}
 
 
 def separate_run(parent: ElasticModel, name: str, budget: Budget, task: Task, settings: DemoSettings,
@@ -398,7 +450,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0) -> dict:
     layer_order, permutation_error = rank_and_permute(parent, task)
     timings["importance_seconds"] = time.perf_counter() - start
 
-    student, budgets, history, elastic_seconds, router = elastic_run(
+    student, budgets, history, elastic_seconds, router, probe = elastic_run(
         parent, layer_order, task, settings, out / "elastic_run", seed)
     timings["elastic_run_seconds"] = elastic_seconds
 
@@ -461,7 +513,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0) -> dict:
         "layer_order": layer_order,
         "budgets": _budget_rows(student, budgets, configurations, slicing_error),
         "router": _router_report(history, budgets, router, settings),
-        "curriculum": _stage_switch(history, settings),
+        "curriculum": _stage_switch(history, probe, settings),
         "configurations": configurations,
         "transplant": transplant,
         "training_cost": {
@@ -507,13 +559,22 @@ def _router_report(history: list[dict], budgets, router: ElasticRouter, settings
     return report
 
 
-def _stage_switch(history: list[dict], settings: DemoSettings) -> dict:
+def _switch_window(settings: DemoSettings) -> int:
+    return max(1, min(10, *settings.elastic_stage_steps))
+
+
+def _stage_switch(history: list[dict], probe: dict, settings: DemoSettings) -> dict:
     """Mean KD of every budget over the last steps of the short stage and the first of the long:
     over all rows (``kd_after``) and over the long stage's short rows alone (``kd_short_after``),
-    which the short stage also trained on."""
+    which the short stage also trained on. These are the sampled rows of each step (a few per
+    budget, so noisy, and the long stage's rows are new problems). ``probe``: the KD of each
+    budget's current architecture on fixed problems (``probe_short`` / ``probe_long``: at the
+    switch, the highest over the ``window`` steps after it, and the range over the ``window``
+    steps before it)."""
     switch = settings.elastic_stage_steps[0]
-    window = max(1, min(10, switch, settings.elastic_stage_steps[1]))
-    report = {"switch_step": switch, "window": window}
+    window = _switch_window(settings)
+    report = {"switch_step": switch, "window": window, "probe": probe}
+    steps = probe["steps"]
     for name, _ in BUDGETS:
         def mean(rows, key):
             values = [m[key] for m in rows if m.get(key) is not None]
@@ -524,6 +585,13 @@ def _stage_switch(history: list[dict], settings: DemoSettings) -> dict:
         report[name] = {"kd_before": before, "kd_after": after, "kd_short_after": short_after,
                         "ratio": after / before if before and after is not None else None,
                         "short_ratio": short_after / before if before and short_after is not None else None}
+        for kind, values in probe.get(name, {}).items():
+            at = dict(zip(steps, values))
+            before_values = [v for s, v in at.items() if switch - window <= s <= switch]
+            after_values = [v for s, v in at.items() if switch < s <= switch + window]
+            report[name][f"probe_{kind}"] = {
+                "at_switch": at.get(switch), "after_max": max(after_values) if after_values else None,
+                "before_range": [min(before_values), max(before_values)] if before_values else None}
     return report
 
 
@@ -650,15 +718,36 @@ def render_markdown(results: dict, runs: list[dict]) -> str:
                          f"{r['steps']}.")
         switch = run["curriculum"]
         kd = "; ".join(f"{name} {s['kd_before']:.4f} -> {s['kd_after']:.4f} (short rows {_kd(s['kd_short_after'])})"
-                       for name, s in switch.items() if isinstance(s, dict) and s["kd_before"] is not None
-                       and s["kd_after"] is not None)
-        lines.append(f"- KD loss per budget over the {switch['window']} steps before and after the stage "
-                     f"switch (step {switch['switch_step']}), after it also over the short problems alone, "
-                     f"which the short stage trained on: {kd}. A row's KD is the same in either stage "
-                     f"(whole samples; tests/model/test_train.py), so the rise over all rows is the long "
-                     f"problems no earlier step trained on, and over the short rows the updates the long "
-                     f"rows start to make.")
+                       for name, s in ((name, switch[name]) for name, _ in BUDGETS)
+                       if s["kd_before"] is not None and s["kd_after"] is not None)
+        lines.append(f"- KD loss per budget over the rows each step sampled, {switch['window']} steps before "
+                     f"and after the stage switch (step {switch['switch_step']}), after it also over the short "
+                     f"problems alone, which the short stage trained on: {kd}. A row's KD is the same in "
+                     f"either stage (whole samples; tests/model/test_train.py), so the rise over all rows is "
+                     f"the long problems no earlier step trained on; a budget draws only a few short rows "
+                     f"per long-stage step, so its short-row mean is noisy.")
+        if "probe" in switch:
+            lines.append(_probe_in_words(switch))
     return "\n".join(lines) + "\n"
+
+
+def _probe_in_words(switch: dict) -> str:
+    rows = switch["probe"]["rows"]
+    parts = []
+    for name, _ in BUDGETS:
+        kinds = []
+        for kind in rows:
+            p = switch[name].get(f"probe_{kind}")
+            if p is None or p["at_switch"] is None or p["after_max"] is None:
+                continue
+            low, high = p["before_range"]
+            kinds.append(f"{kind} {p['at_switch']:.4f} at the switch, at most {p['after_max']:.4f} after "
+                         f"({p['after_max'] / p['at_switch'] - 1:+.0%}; {low:.4f}-{high:.4f} before)")
+        parts.append(f"{name}: " + ", ".join(kinds))
+    sizes = " and ".join(f"{count} {kind}" for kind, count in rows.items())
+    return (f"- KD on fixed probe problems ({sizes} training problems, each budget's architecture at "
+            f"that step), over the {switch['window']} steps after the switch and the "
+            f"{switch['window']} before it: " + "; ".join(parts) + ".")
 
 
 def _kd(value: float | None) -> str:

@@ -28,7 +28,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -405,8 +405,13 @@ class ElasticDistillationTrainer:
                 logits[rows] = out
         return logits
 
-    def train(self, steps: int | None = None) -> list[dict]:
-        """Run until the curriculum ends (or ``steps`` more steps); returns all metrics so far."""
+    def train(self, steps: int | None = None, *,
+              after_step: Callable[[dict], None] | None = None) -> list[dict]:
+        """Run until the curriculum ends (or ``steps`` more steps); returns all metrics so far.
+
+        ``after_step(metrics)``: called on every rank after each step (``self.step`` is then the
+        number of steps done), e.g. to evaluate the model mid-run; it must not train the model.
+        """
         from tqdm.auto import tqdm
 
         end = self.config.total_steps if steps is None else min(self.step + steps, self.config.total_steps)
@@ -430,6 +435,8 @@ class ElasticDistillationTrainer:
                         if isinstance(value, float):
                             board.add_scalar(key, value, metrics["step"])
             bar.update(1)
+            if after_step is not None:
+                after_step(metrics)
             if self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
                 self.save()
         bar.close()

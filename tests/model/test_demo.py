@@ -11,7 +11,7 @@ import pytest
 
 from star_elastic import data
 from star_elastic.demo import (BUDGETS, DemoSettings, _points, claims, configuration_cost, dominated_pairs,
-                               render_markdown)
+                               render_markdown, switch_probe_steps)
 
 
 def finite_numbers(tree):
@@ -58,6 +58,14 @@ def test_dominated_pairs_by_switch_and_rho():
     # more accurate than 45%->45% but costlier: no dominance either way
     assert pairs("0.0", "reprefill") == {("45%->100%", "100%->100%"), ("45%->100%", "100%->100% cap 24")}
     assert pairs("1.0", "transplant") == {("45%->100%", "100%->100% cap 24")}
+
+
+def test_the_elastic_run_probes_around_the_stage_switch():
+    # every 5 steps from 10 before the switch (step 120) to 20 after it, and the last step
+    assert switch_probe_steps(DemoSettings.full()) == [110, 115, 120, 125, 130, 135, 140, 240]
+    quick = DemoSettings.quick()
+    steps = switch_probe_steps(quick)
+    assert quick.elastic_stage_steps[0] in steps and steps[-1] == quick.elastic_steps
 
 
 def test_full_demo_caps_fall_inside_the_test_scratchpads():
@@ -114,8 +122,20 @@ def test_quick_demo_reports_every_configuration_and_the_claims(tmp_path):
         assert arms["equal_compute"]["steps"] == results["training_cost"]["elastic_run"]["steps"] // 2
         assert arms["equal_steps"]["steps"] == results["training_cost"]["elastic_run"]["steps"]
         assert 0 < arms["equal_compute"]["flops"] < arms["equal_steps"]["flops"]
+    # The KD probes around the stage switch: every budget, both kinds of problem, every probed step.
+    switch = results["curriculum"]
+    probe = switch["probe"]
+    assert switch["switch_step"] in probe["steps"] and probe["steps"] == sorted(probe["steps"])
+    assert probe["steps"][-1] == results["training_cost"]["elastic_run"]["steps"]
+    for name in names:
+        assert set(probe[name]) == {"short", "long"} == set(probe["rows"])
+        assert all(len(values) == len(probe["steps"]) for values in probe[name].values())
+        for kind in ("short", "long"):
+            at_switch = probe[name][kind][probe["steps"].index(switch["switch_step"])]
+            assert switch[name][f"probe_{kind}"]["at_switch"] == at_switch > 0
     markdown = (tmp_path / "results.md").read_text()
     assert "(a) Every nested budget" in markdown and "(b) at rho = 1" in markdown
+    assert "KD on fixed probe problems" in markdown
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "elastic" / "budgets.json").exists()
     for name in names:

@@ -220,6 +220,15 @@ def test_integer_budget_weights_draw_every_budget(tmp_path):
     assert counts.sum() == 64 and counts.min() > 0 and counts[0] > counts[2]
 
 
+def test_after_step_sees_every_step_once_and_leaves_the_run_as_it_was(tmp_path):
+    seen = []
+    trainer = _tiny_trainer(tmp_path / "hooked", batch_size=6, grad_accum=1, steps=4)
+    history = trainer.train(after_step=lambda metrics: seen.append((trainer.step, metrics["step"])))
+    assert seen == [(1, 0), (2, 1), (3, 2), (4, 3)]
+    plain = _tiny_trainer(tmp_path / "plain", batch_size=6, grad_accum=1, steps=4).train()
+    assert [m["loss"] for m in history] == [m["loss"] for m in plain]
+
+
 def test_tensorboard_receives_every_metric(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
