@@ -626,7 +626,7 @@ def _mean_configurations(runs: list[dict], key: str = "configurations") -> list[
     averaged = []
     for index, first in enumerate(runs[0][key]):
         same = [r[key][index] for r in runs]
-        row = {key: first[key] for key in ("think", "answer", "thinking_cap", "switch")}
+        row = {field: first[field] for field in ("think", "answer", "thinking_cap", "switch")}
         row["accuracy"] = statistics.fmean(c["accuracy"] for c in same)
         row["accuracy_std"] = statistics.pstdev(c["accuracy"] for c in same)
         row["thinking_tokens"] = statistics.fmean(c["thinking_tokens"] for c in same)
