@@ -1,11 +1,10 @@
 """`star-elastic demo --quick` end to end: every configuration measured, the claims block, all files."""
 
+import copy
 import json
 import math
 import subprocess
 import sys
-
-import copy
 
 import pytest
 
@@ -35,7 +34,6 @@ def test_configuration_cost_by_hand():
                               reprefill=True, rho=0.0) == 4 * 10 + 2 * 30
 
 
-@pytest.mark.slow
 def _configuration(think, answer, accuracy, rho1, rho0=None, *, switch="reprefill", cap=None):
     return {"think": think, "answer": answer, "thinking_cap": cap, "switch": switch, "accuracy": accuracy,
             "cost": {"1.0": rho1, "0.0": rho1 if rho0 is None else rho0}}
@@ -51,6 +49,7 @@ def test_dominated_pairs_by_switch_and_rho():
         _configuration("100%", "45%", 0.95, 0.50, switch="transplant"),  # thinks large: not a candidate
         _configuration("45%", "100%", 0.60, 0.70, switch="transplant"),
     ]
+
     def pairs(rho, switch):
         return {(d["pair"], d["dominates"]) for d in dominated_pairs(configurations, rho, switch=switch)}
 
@@ -80,6 +79,7 @@ def test_full_demo_caps_fall_inside_the_test_scratchpads():
     assert len(inside) >= 2, (settings.thinking_caps, lengths[0], lengths[-1], fits)
 
 
+@pytest.mark.slow
 def test_quick_demo_reports_every_configuration_and_the_claims(tmp_path):
     result = subprocess.run([sys.executable, "-m", "star_elastic.cli", "demo", "--quick", "--out",
                              str(tmp_path)], capture_output=True, text=True, timeout=900)
