@@ -60,7 +60,8 @@ The config (TOML) has these tables (example: configs/tiny_train.toml):
                  or a local tokenizer directory; max_len = tokens per sequence
   [train]        the trainer's settings (budget_names, budget_targets, lr, ...), with one
                  [[train.stages]] table per curriculum stage (name, steps, seq_len, batch_size,
-                 budget_weights)
+                 budget_weights, ramp_steps: steps over which a later stage's new, longer rows
+                 grow to their natural share)
   [distributed]  strategy = "none", "ddp" or "fsdp" (under torchrun)
   [qad]          format = "nvfp4" or "fp8": quantization-aware distillation of the elastic
                  checkpoint in [model] at the budgets named in budget_names; the quantized nested

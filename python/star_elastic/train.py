@@ -47,13 +47,19 @@ from .router import ElasticRouter
 class Stage:
     """One curriculum stage: ``steps`` optimizer steps, ``batch_size`` sequences per step (global,
     across ranks), each a whole training sequence of at most ``seq_len`` tokens (longer ones are
-    left to a later stage, never cut); ``budget_weights`` None = uniform."""
+    left to a later stage, never cut); ``budget_weights`` None = uniform.
+
+    ``ramp_steps`` (not in the first stage): over this stage's first ``ramp_steps`` steps the rows
+    new to it (longer than the previous stage's ``seq_len``) are drawn with a share that grows
+    linearly to their natural one, ``(k + 1) / ramp_steps`` of it at the stage's step ``k``; the
+    rows the previous stage also had fill the rest. 0: the natural share from the first step."""
 
     name: str
     steps: int
     seq_len: int
     batch_size: int
     budget_weights: tuple[float, ...] | None = None
+    ramp_steps: int = 0
 
 
 @dataclasses.dataclass
@@ -100,6 +106,13 @@ class TrainConfig:
                                      f"budget ({len(self.budget_names)})")
                 if any(w < 0 for w in stage.budget_weights) or sum(stage.budget_weights) <= 0:
                     raise ValueError(f"stage {stage.name!r}: budget_weights must be >= 0, not all 0")
+        for index, stage in enumerate(self.stages):
+            if not 0 <= stage.ramp_steps <= stage.steps:
+                raise ValueError(f"stage {stage.name!r}: ramp_steps must be in [0, steps={stage.steps}],"
+                                 f" got {stage.ramp_steps}")
+            if stage.ramp_steps and index == 0:
+                raise ValueError(f"stage {stage.name!r}: the first stage has no earlier stage to ramp "
+                                 f"from (ramp_steps must be 0)")
         if self.grad_accum < 1:
             raise ValueError("grad_accum must be >= 1")
         if self.cost not in COST_KINDS:
@@ -299,6 +312,13 @@ class ElasticDistillationTrainer:
                                  f"{stage.seq_len} tokens (the shortest has {int(self.lengths.min())});"
                                  f" stages never cut sequences")
             self.stage_rows.append(rows)
+        # per stage: (rows the previous stage also had, rows new to this one), for ramp_steps
+        self.stage_old_new = [None]
+        for index in range(1, len(config.stages)):
+            rows = self.stage_rows[index]
+            new = self.lengths[rows] > config.stages[index - 1].seq_len
+            # the previous stage's rows fit this one too, or it is shorter (then none is new)
+            self.stage_old_new.append((rows[~new], rows[new]))
         self.rank, self.world = _world()
         self.step = 0
         self.history: list[dict] = []
@@ -314,7 +334,16 @@ class ElasticDistillationTrainer:
         index = self.config.stage_index(step)
         stage, eligible = self.config.stages[index], self.stage_rows[index]
         generator = _generator(self.config.seed, step, micro, 1)
-        rows = eligible[torch.randint(0, eligible.numel(), (stage.batch_size,), generator=generator)]
+        step_in_stage = step - sum(s.steps for s in self.config.stages[:index])
+        old, new = self.stage_old_new[index] or (None, None)
+        if step_in_stage < stage.ramp_steps and new.numel():
+            share = new.numel() / eligible.numel() * (step_in_stage + 1) / stage.ramp_steps
+            draw_new = torch.rand(stage.batch_size, generator=generator) < share
+            rows = torch.where(draw_new,
+                               new[torch.randint(0, new.numel(), (stage.batch_size,), generator=generator)],
+                               old[torch.randint(0, old.numel(), (stage.batch_size,), generator=generator)])
+        else:
+            rows = eligible[torch.randint(0, eligible.numel(), (stage.batch_size,), generator=generator)]
         weights = torch.tensor(stage.budget_weights or [1.0] * len(self.config.budget_names),
                                dtype=torch.float64)
         budget_ids = torch.multinomial(weights, stage.batch_size, replacement=True,

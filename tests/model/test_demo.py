@@ -1,16 +1,18 @@
 """`star-elastic demo --quick` end to end: every configuration measured, the claims block, all files."""
 
 import copy
+import dataclasses
 import json
 import math
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from star_elastic import data
-from star_elastic.demo import (BUDGETS, DemoSettings, _points, claims, configuration_cost, dominated_pairs,
-                               render_markdown, switch_probe_steps)
+from star_elastic.demo import (BUDGETS, DemoSettings, Task, _points, claims, configuration_cost, curriculum,
+                               dominated_pairs, render_markdown, switch_probe_steps)
 
 
 def finite_numbers(tree):
@@ -65,6 +67,17 @@ def test_the_elastic_run_probes_around_the_stage_switch():
     quick = DemoSettings.quick()
     steps = switch_probe_steps(quick)
     assert quick.elastic_stage_steps[0] in steps and steps[-1] == quick.elastic_steps
+
+
+def test_the_long_stage_ramps_its_long_rows_over_the_settings_share():
+    settings = DemoSettings.full()
+    task = Task(data.load_tokenizer("char"), torch.zeros(4, 60, dtype=torch.long),
+                torch.ones(4, 60, dtype=torch.bool), 30, [])
+    short, long = curriculum(settings, task, (120, 120))
+    assert (short.seq_len, long.seq_len, short.ramp_steps, long.ramp_steps) == (30, 60, 0, 0)
+    ramped = dataclasses.replace(settings, long_stage_ramp=1 / 3)
+    assert [stage.ramp_steps for stage in curriculum(ramped, task, (120, 120))] == [0, 40]
+    assert [stage.ramp_steps for stage in curriculum(ramped, task, (60, 60))] == [0, 20]  # a twin
 
 
 def test_full_demo_caps_fall_inside_the_test_scratchpads():

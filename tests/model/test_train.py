@@ -39,6 +39,10 @@ def test_config_validation():
         {"name": "u", "steps": 1, "seq_len": 8, "batch_size": 2, "budget_weights": [2, 1]}]})
     assert parsed.total_steps == 6 and parsed.stage_at(3).name == "t"
     assert parsed.stages[0].budget_weights is None and parsed.stages[1].budget_weights == (0.7, 0.3)
+    with pytest.raises(ValueError, match=r"stage 't': ramp_steps must be in \[0, steps=2\]"):
+        TrainConfig(stages=[Stage("s", 1, 8, 2), Stage("t", 2, 8, 2, ramp_steps=3)], **base)
+    with pytest.raises(ValueError, match="stage 's': the first stage has no earlier stage"):
+        TrainConfig(stages=[Stage("s", 2, 8, 2, ramp_steps=1)], **base)
 
 
 def toy_teacher_and_student(seed: int = 0):
@@ -311,6 +315,38 @@ def test_every_stage_draws_whole_samples_and_the_short_stage_only_short_ones(tmp
     with pytest.raises(ValueError, match="stage 'tiny': no training sequence fits whole"):
         ElasticDistillationTrainer(teacher, student, None, tokens, mask, too_short,
                                    budgets={"full": Budget()})
+
+
+def test_a_ramped_stage_grows_its_new_rows_to_their_natural_share(tmp_path):
+    """ramp_steps = 4: at the long stage's step k the rows longer than the short stage's 27 tokens
+    are (k + 1) / 4 of their natural share (half the rows; 5 sigma of 4000 draws), all whole; from
+    step 4 on the stage draws exactly what it draws without a ramp."""
+    _, teacher, student = toy_teacher_and_student(0)
+    tokenizer, tokens, mask = short_and_long_problems()
+    natural = float((mask.sum(1) > 27).float().mean())
+    assert natural == 0.5
+
+    def trainer(ramp_steps):
+        config = TrainConfig(stages=[Stage("short", 2, 27, 4000), Stage("long", 6, 72, 4000, ramp_steps=ramp_steps)],
+                             budget_names=("full",), budget_targets=(1.0,), out_dir=str(tmp_path),
+                             progress=False)
+        return ElasticDistillationTrainer(teacher, student, None, tokens, mask, config,
+                                          budgets={"full": Budget()})
+
+    ramped, plain = trainer(4), trainer(0)
+    for k in range(6):
+        batch_tokens, batch_mask, _, stage, short_rows = ramped._batch(2 + k, 0)
+        plain_tokens, _, _, _, plain_short_rows = plain._batch(2 + k, 0)
+        new_share = float((~short_rows).float().mean())
+        expected = natural * min(1.0, (k + 1) / 4)
+        assert abs(new_share - expected) < 5 * (expected * (1 - expected) / 4000) ** 0.5 + 1e-9, (k, new_share)
+        if k < 3:  # without the ramp the new rows come at their natural share at once
+            assert abs(float((~plain_short_rows).float().mean()) - natural) < 0.04
+        if k >= 4:
+            assert torch.equal(batch_tokens, plain_tokens)
+        for row, row_mask in zip(batch_tokens[:64], batch_mask[:64]):
+            text = tokenizer.decode(row[row_mask].tolist())
+            assert "</think>" in text and text.endswith("\n<eos>"), text
 
 
 def test_later_stages_log_the_kd_of_the_rows_the_first_stage_also_had(tmp_path):
