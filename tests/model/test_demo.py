@@ -62,8 +62,11 @@ def test_dominated_pairs_by_switch_and_rho():
 
 
 def test_the_elastic_run_probes_around_the_stage_switch():
-    # every 5 steps from 10 before the switch (step 120) to 20 after it, and the last step
-    assert switch_probe_steps(DemoSettings.full()) == [110, 115, 120, 125, 130, 135, 140, 240]
+    # every 5 steps from 10 before the switch (step 80) to 10 after the long rows' 80-step ramp,
+    # and the last step; without a ramp to 20 after the switch
+    full = DemoSettings.full()
+    assert switch_probe_steps(full) == [*range(70, 171, 5), 240]
+    assert switch_probe_steps(dataclasses.replace(full, long_stage_ramp=0.0)) == [70, 75, 80, 85, 90, 95, 100, 240]
     quick = DemoSettings.quick()
     steps = switch_probe_steps(quick)
     assert quick.elastic_stage_steps[0] in steps and steps[-1] == quick.elastic_steps
@@ -73,8 +76,10 @@ def test_the_long_stage_ramps_its_long_rows_over_the_settings_share():
     settings = DemoSettings.full()
     task = Task(data.load_tokenizer("char"), torch.zeros(4, 60, dtype=torch.long),
                 torch.ones(4, 60, dtype=torch.bool), 30, [])
-    short, long = curriculum(settings, task, (120, 120))
-    assert (short.seq_len, long.seq_len, short.ramp_steps, long.ramp_steps) == (30, 60, 0, 0)
+    short, long = curriculum(settings, task, (80, 160))
+    assert (short.seq_len, long.seq_len, short.ramp_steps, long.ramp_steps) == (30, 60, 0, 80)
+    short, long = curriculum(dataclasses.replace(settings, long_stage_ramp=0.0), task, (120, 120))
+    assert (short.ramp_steps, long.ramp_steps) == (0, 0)
     ramped = dataclasses.replace(settings, long_stage_ramp=1 / 3)
     assert [stage.ramp_steps for stage in curriculum(ramped, task, (120, 120))] == [0, 40]
     assert [stage.ramp_steps for stage in curriculum(ramped, task, (60, 60))] == [0, 20]  # a twin
