@@ -235,7 +235,7 @@ def curriculum(settings: DemoSettings, task: Task, steps: tuple[int, int]) -> li
     return [Stage("short", steps[0], task.short_len, settings.elastic_batch),
             Stage("long", steps[1], task.tokens.shape[1], settings.elastic_batch,
                   settings.long_stage_budget_weights,
-                  ramp_steps=round(settings.long_stage_ramp * steps[1]))]
+                  ramp_steps=_ramp_steps(settings, steps[1]))]
 
 
 def distillation_config(settings: DemoSettings, out: Path, stages: list[Stage], names, seed: int) -> TrainConfig:
@@ -575,8 +575,10 @@ def _switch_window(settings: DemoSettings) -> int:
     return max(1, min(10, *settings.elastic_stage_steps))
 
 
-def _ramp_steps(settings: DemoSettings) -> int:
-    return round(settings.long_stage_ramp * settings.elastic_stage_steps[1])
+def _ramp_steps(settings: DemoSettings, long_steps: int | None = None) -> int:
+    """The long stage's ramp in steps, of the elastic run's long stage unless ``long_steps``."""
+    return round(settings.long_stage_ramp * (settings.elastic_stage_steps[1] if long_steps is None
+                                             else long_steps))
 
 
 def _stage_switch(history: list[dict], probe: dict, settings: DemoSettings) -> dict:
@@ -589,8 +591,9 @@ def _stage_switch(history: list[dict], probe: dict, settings: DemoSettings) -> d
     more), and the range over the ``window`` steps before it)."""
     switch = settings.elastic_stage_steps[0]
     window = _switch_window(settings)
-    after_steps = window + _ramp_steps(settings)
-    report = {"switch_step": switch, "window": window, "ramp_steps": _ramp_steps(settings),
+    ramp_steps = _ramp_steps(settings)
+    after_steps = window + ramp_steps
+    report = {"switch_step": switch, "window": window, "ramp_steps": ramp_steps,
               "after": after_steps, "probe": probe}
     steps = probe["steps"]
     for name, _ in BUDGETS:

@@ -97,7 +97,7 @@ class TrainConfig:
     def __post_init__(self):
         if not self.stages:
             raise ValueError("config needs at least one stage")
-        for stage in self.stages:
+        for index, stage in enumerate(self.stages):
             if stage.steps <= 0 or stage.seq_len < 2 or stage.batch_size <= 0:
                 raise ValueError(f"stage {stage.name!r}: steps, batch_size must be > 0, seq_len >= 2")
             if stage.budget_weights is not None:
@@ -106,7 +106,6 @@ class TrainConfig:
                                      f"budget ({len(self.budget_names)})")
                 if any(w < 0 for w in stage.budget_weights) or sum(stage.budget_weights) <= 0:
                     raise ValueError(f"stage {stage.name!r}: budget_weights must be >= 0, not all 0")
-        for index, stage in enumerate(self.stages):
             if not 0 <= stage.ramp_steps <= stage.steps:
                 raise ValueError(f"stage {stage.name!r}: ramp_steps must be in [0, steps={stage.steps}],"
                                  f" got {stage.ramp_steps}")
@@ -128,11 +127,15 @@ class TrainConfig:
         return self.stages[self.stage_index(step)]
 
     def stage_index(self, step: int) -> int:
+        return self.stage_position(step)[0]
+
+    def stage_position(self, step: int) -> tuple[int, int]:
+        """(index of the stage that runs ``step``, the step within that stage)."""
         for index, stage in enumerate(self.stages):
             if step < stage.steps:
-                return index
+                return index, step
             step -= stage.steps
-        return len(self.stages) - 1
+        return len(self.stages) - 1, step + self.stages[-1].steps
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -312,12 +315,11 @@ class ElasticDistillationTrainer:
                                  f"{stage.seq_len} tokens (the shortest has {int(self.lengths.min())});"
                                  f" stages never cut sequences")
             self.stage_rows.append(rows)
-        # per stage: (rows the previous stage also had, rows new to this one), for ramp_steps
-        self.stage_old_new = [None]
-        for index in range(1, len(config.stages)):
-            rows = self.stage_rows[index]
-            new = self.lengths[rows] > config.stages[index - 1].seq_len
-            # the previous stage's rows fit this one too, or it is shorter (then none is new)
+        # per stage: (rows the previous stage also had, rows new to this one), for ramp_steps; the
+        # previous stage's rows fit this one too, or it is shorter (then none is new)
+        self.stage_old_new = []
+        for index, rows in enumerate(self.stage_rows):
+            new = self.lengths[rows] > (config.stages[index - 1].seq_len if index else 0)
             self.stage_old_new.append((rows[~new], rows[new]))
         self.rank, self.world = _world()
         self.step = 0
@@ -331,11 +333,10 @@ class ElasticDistillationTrainer:
     # ---- the loop ---------------------------------------------------------------------------------
 
     def _batch(self, step: int, micro: int):
-        index = self.config.stage_index(step)
+        index, step_in_stage = self.config.stage_position(step)
         stage, eligible = self.config.stages[index], self.stage_rows[index]
         generator = _generator(self.config.seed, step, micro, 1)
-        step_in_stage = step - sum(s.steps for s in self.config.stages[:index])
-        old, new = self.stage_old_new[index] or (None, None)
+        old, new = self.stage_old_new[index]
         if step_in_stage < stage.ramp_steps and new.numel():
             share = new.numel() / eligible.numel() * (step_in_stage + 1) / stage.ramp_steps
             draw_new = torch.rand(stage.batch_size, generator=generator) < share
